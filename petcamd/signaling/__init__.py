@@ -1,0 +1,1 @@
+"""signaling layer of petcamd (see docs/architecture.md for the import rules)."""

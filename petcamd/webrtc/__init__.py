@@ -1,0 +1,1 @@
+"""webrtc layer of petcamd (see docs/architecture.md for the import rules)."""
