@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -67,11 +67,11 @@ class Source(Protocol):
 class StreamSettings:
     """What the encoder is asked for; the [stream] config section maps onto this one-to-one."""
 
-    width: int = 1280
-    height: int = 720
-    fps: int = 30
-    bitrate: int = 2_500_000
-    keyframe_interval_s: float = 2.0
+    width: int = field(default=1280, metadata={"range": (16, 4096)})
+    height: int = field(default=720, metadata={"range": (16, 4096)})
+    fps: int = field(default=30, metadata={"range": (1, 120)})
+    bitrate: int = field(default=2_500_000, metadata={"range": (50_000, 50_000_000)})
+    keyframe_interval_s: float = field(default=2.0, metadata={"range": (0.1, 60.0)})
 
 
 class SubscriptionClosedError(Exception):

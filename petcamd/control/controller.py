@@ -1,0 +1,209 @@
+"""What the owner can ask of the daemon, independent of how they ask (D-Bus today).
+
+The D-Bus adapter stays thin so this logic is tested directly, and so a secret never has a chance
+to slip into a bus reply: the only method that returns one is start_pairing, whose URL is the
+thing the owner asked to see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from petcamd import __version__
+from petcamd.config import Config
+from petcamd.netaddr import lan_addresses
+from petcamd.protocol.pairing_url import PairingPayload, encode_pairing_url
+from petcamd.secure.pairing import PairingClosedError, PairingWindow, WindowState
+
+log = logging.getLogger(__name__)
+
+
+class PairingDisplay(Protocol):
+    def show_pairing(self, url: str, device_name: str, remaining_s: float) -> None: ...
+
+    def clear(self, reason: str) -> None: ...
+
+
+class ControlError(Exception):
+    """A request the daemon refuses; `name` becomes the D-Bus error name suffix."""
+
+    name = "Failed"
+
+
+class PairingUnavailableError(ControlError):
+    name = "PairingUnavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusProbe:
+    """Live facts the controller reads from the parts the supervisor built."""
+
+    camera_state: Callable[[], str]
+    camera_description: Callable[[], str]
+    viewers: Callable[[], int]
+    paired_peers: Callable[[], int]
+    keystore_problem: Callable[[], str | None]
+    lan_port: Callable[[], int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """`petcamctl --json status` prints exactly these keys (docs/control.md); add, never rename."""
+
+    version: str
+    state: str
+    device_id: str
+    name: str
+    mode: str
+    camera: str
+    camera_source: str
+    viewers: int
+    paired_peers: int
+    pairing_active: bool
+    pairing_expires_in_s: float | None
+    lan_port: int | None
+    problems: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class PairingInfo:
+    url: str
+    expires_at: int
+    remaining_s: float
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        device_id: str,
+        device_key: bytes,
+        probe: StatusProbe,
+        display: PairingDisplay | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._device_id = device_id
+        self._device_key = device_key
+        self._probe = probe
+        self._display = display
+        self._clock = clock
+        self._window: PairingWindow | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self.state = "starting"
+        self.mode = config.network.mode
+
+    def status(self) -> Status:
+        window = self.active_window
+        problems = [p for p in (self._probe.keystore_problem(),) if p]
+        return Status(
+            version=__version__,
+            state=self.state,
+            device_id=self._device_id,
+            name=self._config.device.name,
+            mode=self.mode,
+            camera=self._probe.camera_state(),
+            camera_source=self._probe.camera_description(),
+            viewers=self._probe.viewers(),
+            paired_peers=self._probe.paired_peers(),
+            pairing_active=window is not None,
+            pairing_expires_in_s=round(window.remaining_s, 1) if window else None,
+            lan_port=self._probe.lan_port(),
+            problems=problems,
+        )
+
+    @property
+    def active_window(self) -> PairingWindow | None:
+        window = self._window
+        if window is not None and window.state is WindowState.OPEN:
+            return window
+        return None
+
+    def start_pairing(self) -> PairingInfo:
+        """Opens a fresh window (replacing an open one: only the newest code on the screen works)."""
+        if problem := self._probe.keystore_problem():
+            raise PairingUnavailableError(f"pairing is disabled until the keystore is repaired: {problem}")
+        port = self._probe.lan_port()
+        if port is None:
+            raise PairingUnavailableError("the LAN server is not running yet")
+        if self._window is not None:
+            self._window.cancel()
+        pairing = self._config.pairing
+        window = PairingWindow(pairing.window_s, pairing.max_failed_attempts, clock=self._clock)
+        self._window = window
+        url = self.pairing_url(window, port)
+        self._arm_expiry(window)
+        log.info("pairing window opened for %.0f s", window.lifetime_s)
+        if self._display is not None:
+            self._display.show_pairing(url, self._config.device.name, window.remaining_s)
+        return PairingInfo(url=url, expires_at=window.expires_at_wall, remaining_s=window.remaining_s)
+
+    def pairing_url(self, window: PairingWindow, port: int) -> str:
+        network = self._config.network
+        addresses = lan_addresses(network.lan_address)
+        payload = PairingPayload(
+            device_id=self._device_id,
+            device_key=self._device_key,
+            secret=window.secret,
+            expires_at=window.expires_at_wall,
+            addresses=tuple(addresses),
+            port=port,
+            relay_url=network.relay_url if self.mode == "internet" else "",
+            name=self._config.device.name,
+        )
+        if self.mode == "internet" and network.relay_url:
+            origin = network.relay_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+        else:
+            host = addresses[0]
+            origin = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return encode_pairing_url(origin, payload)
+
+    def cancel_pairing(self) -> None:
+        window = self.active_window
+        if window is None:
+            raise PairingUnavailableError("no pairing window is open")
+        window.cancel()
+        self._close_window("cancelled")
+
+    def pairing_completed(self, window: PairingWindow) -> None:
+        try:
+            window.complete()
+        except PairingClosedError as exc:
+            raise PairingUnavailableError(str(exc)) from None
+        self._close_window("paired")
+
+    def _arm_expiry(self, window: PairingWindow) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._expiry_timer = loop.call_later(window.remaining_s, self._on_expiry, window)
+
+    def _on_expiry(self, window: PairingWindow) -> None:
+        if window is self._window and window.state is WindowState.EXPIRED:
+            self._close_window("expired")
+
+    def _close_window(self, reason: str) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        log.info("pairing window closed: %s", reason)
+        if self._display is not None:
+            self._display.clear(reason)
+
+    async def start(self) -> None:
+        self.state = "running"
+
+    async def stop(self) -> None:
+        self.state = "stopping"
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None

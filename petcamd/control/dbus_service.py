@@ -1,0 +1,117 @@
+"""The controller on D-Bus (dbus-fast, asyncio-native): a thin adapter with no logic of its own.
+
+Why dbus-fast: it is asyncio-native, maintained and packaged in Debian bookworm and trixie; pydbus
+is unmaintained since 2016 and needs a GLib main loop. Method signatures are written as string
+constants, without postponed annotations, because that is the one form every supported
+dbus-fast version (1.84 to 5.x) parses;
+structured replies are JSON documents with the keys documented in docs/control.md.
+"""
+
+import json
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from dbus_fast import BusType, DBusError, NameFlag, RequestNameReply
+from dbus_fast.aio import MessageBus
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_property, method
+
+from petcamd.control.controller import ControlError, Controller
+
+log = logging.getLogger(__name__)
+
+BUS_NAME = "org.petcamd.Daemon1"
+OBJECT_PATH = "/org/petcamd/Daemon1"
+INTERFACE = "org.petcamd.Daemon1"
+ERROR_PREFIX = "org.petcamd.Error."
+
+# D-Bus type codes as names, so the string annotations below also read as Python types to mypy.
+s = str
+b = bool
+u = int
+t = int
+
+_R = TypeVar("_R")
+_READ = PropertyAccess.READ
+
+
+def _domain(call: Callable[[], _R]) -> _R:
+    """Domain errors become named D-Bus errors with the message; nothing else crosses the bus."""
+    try:
+        return call()
+    except ControlError as exc:
+        raise DBusError(ERROR_PREFIX + exc.name, str(exc)) from None
+
+
+class DaemonInterface(ServiceInterface):
+    def __init__(self, controller: Controller) -> None:
+        super().__init__(INTERFACE)
+        self._controller = controller
+
+    @method()
+    def GetStatus(self) -> "s":  # noqa: N802 - D-Bus member names are CamelCase
+        return json.dumps(self._controller.status().to_dict(), sort_keys=True)
+
+    @method()
+    def StartPairing(self) -> "st":  # type: ignore[name-defined]  # noqa: N802, F821
+        info = _domain(self._controller.start_pairing)
+        return [info.url, info.expires_at]
+
+    @method()
+    def CancelPairing(self) -> None:  # noqa: N802
+        _domain(self._controller.cancel_pairing)
+
+    @dbus_property(access=_READ)
+    def State(self) -> "s":  # noqa: N802
+        return self._controller.state
+
+    @dbus_property(access=_READ)
+    def Mode(self) -> "s":  # noqa: N802
+        return self._controller.mode
+
+    @dbus_property(access=_READ)
+    def CameraState(self) -> "s":  # noqa: N802
+        return self._controller.status().camera
+
+    @dbus_property(access=_READ)
+    def ViewerCount(self) -> "u":  # noqa: N802
+        return self._controller.status().viewers
+
+    @dbus_property(access=_READ)
+    def PairingActive(self) -> "b":  # noqa: N802
+        return self._controller.active_window is not None
+
+
+class DBusService:
+    """Connects, exports the interface and owns the well-known name (READY waits for that)."""
+
+    def __init__(self, controller: Controller, *, bus: str, bus_address: str | None = None) -> None:
+        self._controller = controller
+        self._bus_type = BusType.SYSTEM if bus == "system" else BusType.SESSION
+        self._bus_address = bus_address
+        self._bus: MessageBus | None = None
+        self.interface = DaemonInterface(controller)
+
+    async def start(self) -> None:
+        bus = MessageBus(bus_address=self._bus_address, bus_type=self._bus_type)
+        try:
+            await bus.connect()
+            bus.export(OBJECT_PATH, self.interface)
+            reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        except Exception as exc:
+            bus.disconnect()
+            raise OSError(
+                f"cannot register {BUS_NAME} on the {self._bus_type.name.lower()} bus: {exc}"
+            ) from exc
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            bus.disconnect()
+            raise OSError(f"{BUS_NAME} is already owned on the bus: is another petcamd running?")
+        self._bus = bus
+        log.info("control interface %s on the %s bus", BUS_NAME, self._bus_type.name.lower())
+
+    async def stop(self) -> None:
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            bus.disconnect()
+            await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]

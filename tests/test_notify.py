@@ -1,0 +1,71 @@
+"""The notify protocol against a real AF_UNIX datagram socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from petcamd.notify import Health, SystemdNotifier, notify_loop
+from tests.notify_socket import NotifySocket
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp_path)
+    yield sock
+    sock.close()
+
+
+def test_messages_reach_the_socket(notify_socket: NotifySocket) -> None:
+    notifier = SystemdNotifier(notify_socket.env(watchdog_usec=4_000_000))
+    assert notifier.watchdog_interval_s == 2.0
+    notifier.ready("local mode")
+    notifier.status("local mode")  # unchanged: not sent again
+    notifier.status("camera stalled")
+    notifier.stopping()
+    notify_socket.poll()
+    sent = [m for _, m in notify_socket.messages]
+    assert sent == [
+        {"READY": "1", "STATUS": "local mode"},
+        {"STATUS": "camera stalled"},
+        {"STOPPING": "1", "STATUS": "stopping"},
+    ]
+
+
+def test_watchdog_disabled_for_another_pid_or_without_env() -> None:
+    assert (
+        SystemdNotifier({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": str(os.getpid() + 1)}).watchdog_interval_s
+        is None
+    )
+    assert SystemdNotifier({}).watchdog_interval_s is None
+    assert not SystemdNotifier({}).enabled
+    assert SystemdNotifier({"WATCHDOG_USEC": "junk"}).watchdog_interval_s is None
+
+
+async def test_pings_only_while_healthy(notify_socket: NotifySocket) -> None:
+    notifier = SystemdNotifier(notify_socket.env(watchdog_usec=100_000))  # ping every 50 ms
+    healthy = [True]
+    task = asyncio.create_task(
+        notify_loop(notifier, lambda: Health(healthy[0], "camera stalled"), lambda: "s")
+    )
+    await asyncio.sleep(0.5)
+    pings_healthy = len(notify_socket.times_of("WATCHDOG"))
+    healthy[0] = False
+    await asyncio.sleep(0.1)  # let a ping already under way land
+    withheld_from = len(notify_socket.times_of("WATCHDOG"))
+    await asyncio.sleep(0.5)
+    pings_after = len(notify_socket.times_of("WATCHDOG"))
+    healthy[0] = True
+    await asyncio.sleep(0.3)
+    resumed = len(notify_socket.times_of("WATCHDOG"))
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert pings_healthy >= 4
+    assert pings_after == withheld_from
+    assert resumed > pings_after
