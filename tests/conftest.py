@@ -35,3 +35,20 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "timeout(seconds): per-test limit for coroutine tests")
+
+
+@pytest.fixture
+def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pin aiortc's ICE host candidates to 127.0.0.1.
+
+    aioice leaves 127.0.0.1 out when it lists host addresses, and tests must never use any other
+    address. `aioice.ice.get_host_addresses(use_ipv4, use_ipv6)` has the same name and signature
+    from aioice 0.8 (Debian bookworm) to 0.13 and is looked up at call time by
+    `Connection.gather_candidates`, so replacing it is enough.
+    """
+    import aioice.ice
+
+    def loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return ["127.0.0.1"] if use_ipv4 else []
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_only)
