@@ -18,6 +18,15 @@ from petcamd import __version__
 from petcamd.config import Config
 from petcamd.netaddr import lan_addresses
 from petcamd.protocol.pairing_url import PairingPayload, encode_pairing_url
+from petcamd.atomic_file import StateWriteError
+from petcamd.secure.keystore import (
+    InvalidPeerNameError,
+    Keystore,
+    KeystoreState,
+    KeystoreUnavailableError,
+    Peer,
+    UnknownPeerError,
+)
 from petcamd.secure.pairing import PairingClosedError, PairingWindow, WindowState
 
 log = logging.getLogger(__name__)
@@ -39,6 +48,35 @@ class PairingUnavailableError(ControlError):
     name = "PairingUnavailable"
 
 
+class UnknownPeerControlError(ControlError):
+    name = "UnknownPeer"
+
+
+class InvalidArgumentError(ControlError):
+    name = "InvalidArgument"
+
+
+class StorageError(ControlError):
+    name = "Storage"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """What the owner sees of a paired viewer: never its key, only the id derived from it."""
+
+    peer_id: str
+    name: str
+    paired_at: float
+    last_seen: float | None
+
+    @classmethod
+    def of(cls, peer: Peer) -> PeerInfo:
+        return cls(peer.peer_id, peer.name, peer.paired_at, peer.last_seen)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass(frozen=True, slots=True)
 class StatusProbe:
     """Live facts the controller reads from the parts the supervisor built."""
@@ -46,8 +84,6 @@ class StatusProbe:
     camera_state: Callable[[], str]
     camera_description: Callable[[], str]
     viewers: Callable[[], int]
-    paired_peers: Callable[[], int]
-    keystore_problem: Callable[[], str | None]
     lan_port: Callable[[], int | None]
 
 
@@ -88,6 +124,7 @@ class Controller:
         device_id: str,
         device_key: bytes,
         probe: StatusProbe,
+        keystore: Keystore,
         display: PairingDisplay | None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -95,6 +132,10 @@ class Controller:
         self._device_id = device_id
         self._device_key = device_key
         self._probe = probe
+        self._keystore = keystore
+        self.pairing_closed_listeners: list[Callable[[str], None]] = []
+        self.peer_listeners: list[Callable[[str, str], None]] = []  # (event, peer id)
+        keystore.add_listener(lambda event, peer: self._on_peer_event(event, peer.peer_id))
         self._display = display
         self._clock = clock
         self._window: PairingWindow | None = None
@@ -104,7 +145,7 @@ class Controller:
 
     def status(self) -> Status:
         window = self.active_window
-        problems = [p for p in (self._probe.keystore_problem(),) if p]
+        problems = [p for p in (self._keystore.problem,) if p]
         return Status(
             version=__version__,
             state=self.state,
@@ -114,7 +155,7 @@ class Controller:
             camera=self._probe.camera_state(),
             camera_source=self._probe.camera_description(),
             viewers=self._probe.viewers(),
-            paired_peers=self._probe.paired_peers(),
+            paired_peers=len(self._keystore.peers()),
             pairing_active=window is not None,
             pairing_expires_in_s=round(window.remaining_s, 1) if window else None,
             lan_port=self._probe.lan_port(),
@@ -130,7 +171,7 @@ class Controller:
 
     def start_pairing(self) -> PairingInfo:
         """Opens a fresh window (replacing an open one: only the newest code on the screen works)."""
-        if problem := self._probe.keystore_problem():
+        if problem := self._keystore_refusal():
             raise PairingUnavailableError(f"pairing is disabled until the keystore is repaired: {problem}")
         port = self._probe.lan_port()
         if port is None:
@@ -146,6 +187,36 @@ class Controller:
         if self._display is not None:
             self._display.show_pairing(url, self._config.device.name, window.remaining_s)
         return PairingInfo(url=url, expires_at=window.expires_at_wall, remaining_s=window.remaining_s)
+
+    def _keystore_refusal(self) -> str | None:
+        """A RECOVERED keystore still pairs (its problem is reported); a BROKEN one must not be written."""
+        return self._keystore.problem if self._keystore.state is KeystoreState.BROKEN else None
+
+    def peers(self) -> list[PeerInfo]:
+        return [PeerInfo.of(p) for p in sorted(self._keystore.peers(), key=lambda p: p.paired_at)]
+
+    def rename_peer(self, peer_id: str, name: str) -> PeerInfo:
+        return PeerInfo.of(self._keystore_call(lambda: self._keystore.rename(peer_id, name)))
+
+    def revoke_peer(self, peer_id: str) -> PeerInfo:
+        """Live sessions of the peer end through the keystore's listeners (wired by the supervisor)."""
+        return PeerInfo.of(self._keystore_call(lambda: self._keystore.revoke(peer_id)))
+
+    def _keystore_call(self, call: Callable[[], Peer]) -> Peer:
+        try:
+            return call()
+        except UnknownPeerError:
+            raise UnknownPeerControlError("no paired viewer has that id (see `petcamctl peers`)") from None
+        except InvalidPeerNameError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        except KeystoreUnavailableError as exc:
+            raise StorageError(str(exc)) from None
+        except StateWriteError as exc:
+            raise StorageError(f"the change was not saved: {exc}") from None
+
+    def _on_peer_event(self, event: str, peer_id: str) -> None:
+        for listener in self.peer_listeners:
+            listener(event, peer_id)
 
     def pairing_url(self, window: PairingWindow, port: int) -> str:
         network = self._config.network
@@ -198,6 +269,8 @@ class Controller:
         log.info("pairing window closed: %s", reason)
         if self._display is not None:
             self._display.clear(reason)
+        for listener in self.pairing_closed_listeners:
+            listener(reason)
 
     async def start(self) -> None:
         self.state = "running"

@@ -4,7 +4,10 @@ Why dbus-fast: it is asyncio-native, maintained and packaged in Debian bookworm 
 is unmaintained since 2016 and needs a GLib main loop. Method signatures are written as string
 constants, without postponed annotations, because that is the one form every supported
 dbus-fast version (1.84 to 5.x) parses;
-structured replies are JSON documents with the keys documented in docs/control.md.
+structured replies are JSON documents with the keys documented in docs/control.md, ASCII-escaped.
+Free text sent *to* the daemon (a viewer's new name) travels as UTF-8 bytes (`ay`): dbus-fast
+before 1.85 (Debian bookworm ships 1.84) marshals a non-ASCII `s` argument with its character count
+as length, and the bus drops the connection.
 """
 
 import json
@@ -15,7 +18,7 @@ from typing import TypeVar
 from dbus_fast import BusType, DBusError, NameFlag, RequestNameReply
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface, dbus_property, method
+from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from petcamd.control.controller import ControlError, Controller
 
@@ -48,6 +51,18 @@ class DaemonInterface(ServiceInterface):
     def __init__(self, controller: Controller) -> None:
         super().__init__(INTERFACE)
         self._controller = controller
+        controller.pairing_closed_listeners.append(self._pairing_closed)
+        controller.peer_listeners.append(self._peer_event)
+
+    def _pairing_closed(self, reason: str) -> None:
+        self.PairingClosed(reason)
+        self.emit_properties_changed({"PairingActive": False})
+
+    def _peer_event(self, event: str, peer_id: str) -> None:
+        if event == "added":
+            self.PeerPaired(peer_id)
+        elif event == "revoked":
+            self.PeerRevoked(peer_id)
 
     @method()
     def GetStatus(self) -> "s":  # noqa: N802 - D-Bus member names are CamelCase
@@ -56,11 +71,43 @@ class DaemonInterface(ServiceInterface):
     @method()
     def StartPairing(self) -> "st":  # type: ignore[name-defined]  # noqa: N802, F821
         info = _domain(self._controller.start_pairing)
+        self.emit_properties_changed({"PairingActive": True})
         return [info.url, info.expires_at]
 
     @method()
     def CancelPairing(self) -> None:  # noqa: N802
         _domain(self._controller.cancel_pairing)
+
+    @method()
+    def ListPeers(self) -> "s":  # noqa: N802
+        return json.dumps([p.to_dict() for p in self._controller.peers()])
+
+    @method()
+    def RenamePeer(self, peer_id: "s", name_utf8: "ay") -> "s":  # type: ignore[name-defined]  # noqa: N802, F821
+        try:
+            name = bytes(name_utf8).decode("utf-8")
+        except UnicodeDecodeError:
+            raise DBusError(ERROR_PREFIX + "InvalidArgument", "the name is not valid UTF-8") from None
+        info = _domain(lambda: self._controller.rename_peer(peer_id, name))
+        return json.dumps(info.to_dict())
+
+    @method()
+    def RevokePeer(self, peer_id: "s") -> "s":  # noqa: N802
+        info = _domain(lambda: self._controller.revoke_peer(peer_id))
+        return json.dumps(info.to_dict())
+
+    @signal()
+    def PairingClosed(self, reason: str) -> "s":  # noqa: N802
+        """Emitted when a pairing window ends: paired, expired, cancelled or locked."""
+        return reason
+
+    @signal()
+    def PeerPaired(self, peer_id: str) -> "s":  # noqa: N802
+        return peer_id
+
+    @signal()
+    def PeerRevoked(self, peer_id: str) -> "s":  # noqa: N802
+        return peer_id
 
     @dbus_property(access=_READ)
     def State(self) -> "s":  # noqa: N802

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import qrcode
 import qrcode.constants
@@ -44,3 +45,19 @@ def render_terminal(matrix: QrMatrix) -> str:
         ]
         lines.append("".join(chars))
     return "\n".join(lines)
+
+
+def render_png(matrix: QrMatrix, path: Path, *, module_px: int = 8) -> None:
+    """A PNG for sharing or printing (`petcamctl pair --png`)."""
+    from PIL import Image, ImageDraw
+
+    size = matrix.size * module_px
+    image = Image.new("1", (size, size), 1)
+    draw = ImageDraw.Draw(image)
+    for y, row in enumerate(matrix.modules):
+        for x, dark in enumerate(row):
+            if dark:
+                draw.rectangle(
+                    (x * module_px, y * module_px, (x + 1) * module_px - 1, (y + 1) * module_px - 1), fill=0
+                )
+    image.save(path, format="PNG")
