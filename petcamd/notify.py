@@ -41,9 +41,10 @@ class SystemdNotifier:
         self.watchdog_interval_s = _watchdog_interval(env)
         self._last_status: str | None = None
         self._send_failed = False
-        self._sock = (
-            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) if address else None
-        )
+        # Non-blocking: a datagram socket whose reader lags blocks the sender once its queue is
+        # full, and the event loop must never wait on systemd.
+        flags = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        self._sock = socket.socket(socket.AF_UNIX, flags) if address else None
 
     def _send(self, message: str) -> None:
         if self._sock is None:
@@ -54,6 +55,8 @@ class SystemdNotifier:
             if not self._send_failed:
                 log.warning("cannot notify systemd at %s: %s", self._address, exc)
             self._send_failed = True
+        else:
+            self._send_failed = False
 
     def ready(self, status: str) -> None:
         self._last_status = status

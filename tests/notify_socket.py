@@ -1,8 +1,9 @@
-"""A real NOTIFY_SOCKET for tests: an AF_UNIX datagram socket that records what systemd would get."""
+"""A real NOTIFY_SOCKET for tests: an AF_UNIX datagram socket read continuously, as systemd does."""
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,10 @@ class NotifySocket:
         self.sock.bind(str(self.path))
         self.sock.settimeout(0.05)
         self.messages: list[tuple[float, dict[str, str]]] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="notify-socket", daemon=True)
+        self._reader.start()
 
     def env(self, watchdog_usec: int | None = None) -> dict[str, str]:
         env = {"NOTIFY_SOCKET": str(self.path)}
@@ -21,29 +26,35 @@ class NotifySocket:
             env["WATCHDOG_USEC"] = str(watchdog_usec)
         return env
 
-    def poll(self) -> None:
-        while True:
+    def _read(self) -> None:
+        while not self._closing.is_set():
             try:
                 data = self.sock.recv(4096)
             except (TimeoutError, BlockingIOError):
+                continue
+            except OSError:
                 return
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append((time.monotonic(), fields))
+            with self._lock:
+                self.messages.append((time.monotonic(), fields))
+
+    def snapshot(self) -> list[tuple[float, dict[str, str]]]:
+        with self._lock:
+            return list(self.messages)
 
     def wait_for(self, key: str, timeout: float) -> dict[str, str]:
         deadline = time.monotonic() + timeout
-        seen = 0
         while time.monotonic() < deadline:
-            self.poll()
-            for _, fields in self.messages[seen:]:
+            for _, fields in self.snapshot():
                 if key in fields:
                     return fields
-            seen = len(self.messages)
-        raise AssertionError(f"no {key} within {timeout} s; got {[m for _, m in self.messages]}")
+            time.sleep(0.01)
+        raise AssertionError(f"no {key} within {timeout} s; got {[m for _, m in self.snapshot()]}")
 
     def times_of(self, key: str) -> list[float]:
-        self.poll()
-        return [t for t, fields in self.messages if key in fields]
+        return [t for t, fields in self.snapshot() if key in fields]
 
     def close(self) -> None:
+        self._closing.set()
+        self._reader.join(timeout=1)
         self.sock.close()

@@ -28,8 +28,8 @@ def test_messages_reach_the_socket(notify_socket: NotifySocket) -> None:
     notifier.status("local mode")  # unchanged: not sent again
     notifier.status("camera stalled")
     notifier.stopping()
-    notify_socket.poll()
-    sent = [m for _, m in notify_socket.messages]
+    notify_socket.wait_for("STOPPING", 2)
+    sent = [m for _, m in notify_socket.snapshot()]
     assert sent == [
         {"READY": "1", "STATUS": "local mode"},
         {"STATUS": "camera stalled"},
@@ -69,3 +69,21 @@ async def test_pings_only_while_healthy(notify_socket: NotifySocket) -> None:
     assert pings_healthy >= 4
     assert pings_after == withheld_from
     assert resumed > pings_after
+
+
+def test_a_stalled_reader_never_blocks_the_daemon(tmp_path: Path) -> None:
+    """systemd not reading must cost dropped pings, never a frozen event loop."""
+    import socket
+    import time
+
+    path = tmp_path / "deaf.sock"
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.bind(str(path))
+    try:
+        notifier = SystemdNotifier({"NOTIFY_SOCKET": str(path)})
+        started = time.monotonic()
+        for _ in range(1000):  # far beyond the socket's queue (net.unix.max_dgram_qlen, 10 by default)
+            notifier.watchdog()
+        assert time.monotonic() - started < 2.0
+    finally:
+        deaf.close()

@@ -12,10 +12,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from petcamd import __version__
 from petcamd.config import Config
+from petcamd.display.framebuffer import PairingDisplay
 from petcamd.netaddr import lan_addresses
 from petcamd.protocol.pairing_url import PairingPayload, encode_pairing_url
 from petcamd.atomic_file import StateWriteError
@@ -30,12 +31,6 @@ from petcamd.secure.keystore import (
 from petcamd.secure.pairing import PairingClosedError, PairingWindow, WindowState
 
 log = logging.getLogger(__name__)
-
-
-class PairingDisplay(Protocol):
-    def show_pairing(self, url: str, device_name: str, remaining_s: float) -> None: ...
-
-    def clear(self, reason: str) -> None: ...
 
 
 class ControlError(Exception):
