@@ -1,0 +1,1 @@
+"""Fakes for hardware only (cameras, /dev/video devices, hardware encoders), each mirroring upstream."""
