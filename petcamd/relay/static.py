@@ -1,0 +1,117 @@
+"""The web viewer's files at the relay's origin, with strict security headers on every response.
+
+Whoever serves the viewer's script could serve one that leaks keys (docs/relay.md, "What the relay
+can and cannot see"), so the relay serves exactly the files in one directory, read-only, with a
+Content-Security-Policy that allows no inline script and no other origin, and never lets a cache
+keep the pairing page.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from petcamd.protocol.relay import relay_origin
+
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".webmanifest": "application/manifest+json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".wasm": "application/wasm",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+
+def content_security_policy(public_origin: str) -> str:
+    """Scripts, styles and everything else from this origin only; WebSockets to this origin only."""
+    origin = relay_origin(public_origin)
+    websocket = (
+        "wss" + origin[len("https") :] if origin.startswith("https:") else "ws" + origin[len("http") :]
+    )
+    return "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data: blob:",
+            "media-src 'self' blob:",
+            "font-src 'self'",
+            f"connect-src 'self' {websocket}",
+            "manifest-src 'self'",
+            "worker-src 'self'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        )
+    )
+
+
+def security_headers(public_origin: str) -> dict[str, str]:
+    headers = {
+        "Content-Security-Policy": content_security_policy(public_origin),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cross-Origin-Resource-Policy": "same-origin",
+        "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
+    }
+    if relay_origin(public_origin).startswith("https:"):
+        headers["Strict-Transport-Security"] = "max-age=31536000"
+    return headers
+
+
+def header_hook(public_origin: str) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An on_response_prepare hook adding the security headers to every HTTP response."""
+    headers = security_headers(public_origin)
+
+    async def add_headers(_request: web.Request, response: web.StreamResponse) -> None:
+        if response.status == 101:  # a WebSocket upgrade carries no document
+            return
+        for name, value in headers.items():
+            response.headers.setdefault(name, value)
+        response.headers.setdefault("Cache-Control", "no-store")
+
+    return add_headers
+
+
+class StaticFiles:
+    """GET and HEAD for the files under ``root``: no listing, no dot files, no way out of ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root.resolve()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = self._resolve(request.match_info.get("path", ""))
+        if path is None:
+            raise web.HTTPNotFound(text="not found")
+        # The pairing page (and any HTML) must never be kept by a cache; the rest revalidates.
+        cache = "no-store" if path.suffix == ".html" else "no-cache"
+        content_type = (
+            _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        )
+        return web.FileResponse(path, headers={"Cache-Control": cache, "Content-Type": content_type})
+
+    def _resolve(self, relative: str) -> Path | None:
+        parts = [part for part in relative.split("/") if part]
+        if any(part.startswith(".") or "\\" in part or "\0" in part for part in parts):
+            return None
+        candidate = self._root.joinpath(*parts)
+        try:
+            resolved = candidate.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        if resolved != self._root and self._root not in resolved.parents:
+            return None
+        if resolved.is_dir():
+            resolved = resolved / "index.html"
+        return resolved if resolved.is_file() else None
