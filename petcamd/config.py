@@ -50,6 +50,7 @@ class NetworkConfig:
     relay_url: str = ""
     ice_servers: tuple[str, ...] = ()
     ice_gather_timeout_s: float = field(default=0.5, metadata=bounds(0.05, 10))
+    mdns: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ constants, without postponed annotations, because that is the one form every sup
 dbus-fast version (1.84 to 5.x) parses;
 structured replies are JSON documents with the keys documented in docs/control.md, ASCII-escaped.
 Free text sent *to* the daemon (a viewer's new name) travels as UTF-8 bytes (`ay`): dbus-fast
-before 1.85 (Debian bookworm ships 1.84) marshals a non-ASCII `s` argument with its character count
+before 2.11.1 (Debian bookworm ships 1.84) marshals a non-ASCII `s` argument with its character count
 as length, and the bus drops the connection.
 """
 
