@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from petcamd import __version__
+from petcamd.atomic_file import StateWriteError
 from petcamd.config import Config
 from petcamd.display.framebuffer import PairingDisplay
 from petcamd.netaddr import lan_addresses
 from petcamd.protocol.pairing_url import PairingPayload, encode_pairing_url
-from petcamd.atomic_file import StateWriteError
 from petcamd.secure.keystore import (
     InvalidPeerNameError,
     Keystore,
@@ -241,11 +241,14 @@ class Controller:
         self._close_window("cancelled")
 
     def pairing_completed(self, window: PairingWindow) -> None:
-        try:
-            window.complete()
-        except PairingClosedError as exc:
-            raise PairingUnavailableError(str(exc)) from None
-        self._close_window("paired")
+        """The secure channel marks the window used itself; this takes it off the display."""
+        if window.state is not WindowState.PAIRED:
+            try:
+                window.complete()
+            except PairingClosedError as exc:
+                raise PairingUnavailableError(str(exc)) from None
+        if window is self._window:
+            self._close_window("paired")
 
     def _arm_expiry(self, window: PairingWindow) -> None:
         if self._expiry_timer is not None:

@@ -1,19 +1,60 @@
-"""The on-device LAN server: the viewer's origin in Local Network Mode.
+"""The on-device LAN server: the viewer's origin in Local Network Mode, and its signaling endpoint.
 
 Plain HTTP by design (docs/security.md explains why no certificate warning is worth it): the
 pairing URL pins the device key and all signaling is Noise-encrypted end to end. Unauthenticated
 endpoints reveal nothing beyond the device id and name.
+
+``GET /ws`` is a WebSocket whose binary messages are protocol frames (docs/protocol.md). Anyone on
+the LAN can open one, so each costs little until its viewer authenticates: messages are capped at
+the protocol's frame size, connections are capped per address and in total, new connections per
+address are rate-limited (every hello costs the device Diffie-Hellman operations), and a bad frame
+ends only the connection it came on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 import socket
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from petcamd.protocol.messages import MAX_FRAME_LEN, ErrorCode, Frame
+from petcamd.signaling.negotiator import FrameSender, Negotiator, TransportCloser
 
 log = logging.getLogger(__name__)
+
+__all__ = ["WS_PATH", "ConnectionLimits", "LanServer", "LanServerSettings", "NegotiatorFactory"]
+
+WS_PATH = "/ws"
+_CLOSE_TIMEOUT_S = 2.0
+"""How long a close waits for the viewer's closing handshake (shutdown waits for no one longer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Per-device numbers: one device serves a handful of viewers."""
+
+    max_connections: int = 32
+    max_per_address: int = 8
+    handshake_burst: int = 10
+    """New WebSocket connections an address may open at once (one hello each)..."""
+    handshakes_per_s: float = 0.5
+    """...and the rate at which that allowance refills."""
+    tracked_addresses: int = 1024
+    """Rate-limit state kept for at most this many addresses (full buckets are forgotten first)."""
+
+    def __post_init__(self) -> None:
+        if min(self.max_connections, self.max_per_address, self.handshake_burst, self.tracked_addresses) < 1:
+            raise ValueError("connection limits must be at least 1")
+        if self.handshakes_per_s <= 0:
+            raise ValueError("handshakes_per_s must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,26 +63,185 @@ class LanServerSettings:
     port: int
     device_id: str
     device_name: str
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    static_dir: Path | None = None
+    """The web viewer's files, served at / when set (routes above take precedence)."""
+
+
+class NegotiatorFactory(Protocol):
+    """`petcamd.signaling.negotiator.Signaling`: one negotiator per connection."""
+
+    def __call__(self, send: FrameSender, close: TransportCloser, *, label: str = "") -> Negotiator: ...
+
+
+class _TokenBuckets:
+    """Per-address token buckets on the monotonic clock."""
+
+    def __init__(self, limits: ConnectionLimits, clock: Callable[[], float]) -> None:
+        self._limits = limits
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, updated at)
+
+    def take(self, address: str) -> bool:
+        now = self._clock()
+        burst, rate = self._limits.handshake_burst, self._limits.handshakes_per_s
+        tokens, updated = self._buckets.get(address, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - updated) * rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[address] = (tokens, now)
+        if len(self._buckets) > self._limits.tracked_addresses:
+            self._forget(now)
+        return allowed
+
+    def _forget(self, now: float) -> None:
+        burst, rate = self._limits.handshake_burst, self._limits.handshakes_per_s
+        full = [a for a, (t, at) in self._buckets.items() if t + (now - at) * rate >= burst]
+        for address in full:
+            del self._buckets[address]
+        # Still too many: an address flood. Dropping the oldest state errs towards letting in.
+        excess = len(self._buckets) - self._limits.tracked_addresses
+        for address in sorted(self._buckets, key=lambda a: self._buckets[a][1])[: max(0, excess)]:
+            del self._buckets[address]
+
+
+def address_key(remote: str | None) -> str:
+    """What the per-address limits count by.
+
+    Exact addresses, IPv6 included: on a home LAN every phone shares the one /64 prefix, so
+    grouping by prefix would make one viewer's retries everyone's problem. A LAN host that picks
+    many addresses still meets the total limit.
+    """
+    if not remote:
+        return "?"
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return remote
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 class LanServer:
     """An aiohttp site bound at start; `port` is the bound one (so port 0 works in tests)."""
 
-    def __init__(self, settings: LanServerSettings) -> None:
+    def __init__(
+        self,
+        settings: LanServerSettings,
+        negotiators: NegotiatorFactory | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._settings = settings
+        self._negotiators = negotiators
+        self._limits = settings.limits
+        self._buckets = _TokenBuckets(settings.limits, clock)
+        self._per_address: dict[str, int] = {}
+        self._sockets: set[web.WebSocketResponse] = set()
         self._runner: web.AppRunner | None = None
+        self._stopping = False
         self.port: int | None = None
+        self.refused = 0
+        """Connections refused by a limit since start (for tests and status)."""
+
+    @property
+    def connections(self) -> int:
+        return sum(self._per_address.values())
 
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
         app.router.add_get("/healthz", self._health)
+        if self._negotiators is not None:
+            app.router.add_get(WS_PATH, self._websocket)
+        if self._settings.static_dir is not None:
+            app.router.add_static("/", self._settings.static_dir, show_index=False, follow_symlinks=False)
+        app.on_response_prepare.append(self._plain_headers)
         return app
+
+    @staticmethod
+    async def _plain_headers(_request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.pop("Server", None)  # no software versions to unauthenticated clients
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
     async def _health(self, _request: web.Request) -> web.Response:
         body = {"status": "ok", "device_id": self._settings.device_id, "name": self._settings.device_name}
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 
+    # --- WebSocket signaling --------------------------------------------------------------------
+
+    def _refusal(self, address: str) -> ErrorCode | None:
+        if self._stopping:
+            return ErrorCode.DEVICE_UNAVAILABLE
+        if self.connections >= self._limits.max_connections:
+            log.warning("refused a connection: %d connections open already", self.connections)
+            return ErrorCode.RATE_LIMITED
+        if self._per_address.get(address, 0) >= self._limits.max_per_address:
+            log.info("refused a connection from %s: too many open from there", address)
+            return ErrorCode.RATE_LIMITED
+        if not self._buckets.take(address):
+            log.info("refused a connection from %s: too many new connections from there", address)
+            return ErrorCode.RATE_LIMITED
+        return None
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        factory = self._negotiators
+        if factory is None:
+            raise web.HTTPNotFound
+        ws = web.WebSocketResponse(
+            max_msg_size=MAX_FRAME_LEN, compress=False, autoping=True, timeout=_CLOSE_TIMEOUT_S
+        )
+        if not ws.can_prepare(request).ok:
+            raise web.HTTPBadRequest(text="WebSocket only\n")
+        address = address_key(request.remote)
+        refusal = self._refusal(address)
+        if refusal is not None:
+            self.refused += 1
+            await ws.prepare(request)
+            # A browser cannot read an HTTP status from a failed upgrade; a frame it can.
+            await ws.send_bytes(Frame.error(refusal).encode())
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER)
+            return ws
+        self._per_address[address] = self._per_address.get(address, 0) + 1  # counted before any await
+        try:
+            await ws.prepare(request)
+            self._sockets.add(ws)
+            negotiator = factory(ws.send_bytes, ws.close, label=address)
+            try:
+                negotiator.start()
+                await self._read(ws, negotiator)
+            finally:
+                await negotiator.aclose()  # sends what the channel still had to say, then closes
+                await ws.close()
+        finally:
+            self._sockets.discard(ws)
+            count = self._per_address.get(address, 1) - 1
+            if count > 0:
+                self._per_address[address] = count
+            else:
+                self._per_address.pop(address, None)
+        return ws
+
+    @staticmethod
+    async def _read(ws: web.WebSocketResponse, negotiator: Negotiator) -> None:
+        async for message in ws:
+            if message.type == WSMsgType.BINARY:
+                negotiator.feed(message.data)
+            elif message.type == WSMsgType.TEXT:
+                log.info("%r: text message; frames are binary: closing", negotiator)
+                negotiator.close(ErrorCode.BAD_MESSAGE)
+            elif message.type == WSMsgType.ERROR:
+                # The reason names a limit or a framing rule; it never quotes the payload.
+                log.info("%r: WebSocket error (close code %s): closing", negotiator, ws.close_code)
+                return
+            if negotiator.is_closed:
+                return
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
     async def start(self) -> None:
+        self._stopping = False
         runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
         await runner.setup()
         family = socket.AF_INET6 if ":" in self._settings.address else socket.AF_INET
@@ -64,6 +264,11 @@ class LanServer:
         log.info("LAN server listening on http://%s:%d/", self._settings.address, self.port)
 
     async def stop(self) -> None:
+        """Close open WebSockets first: aiohttp would otherwise wait for their handlers."""
+        self._stopping = True
+        await asyncio.gather(
+            *(ws.close(code=WSCloseCode.GOING_AWAY) for ws in list(self._sockets)), return_exceptions=True
+        )
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
