@@ -19,6 +19,7 @@ from petcamd.atomic_file import (
     remove_stale_temp_files,
     write_atomic,
 )
+from tests import full_disk
 
 
 def file_mode(path: Path) -> int:
@@ -43,28 +44,11 @@ def umask() -> Iterator[None]:
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs: a disk that really fills up."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to simulate a full disk (needs root): {result.stderr.strip()}")
-    try:
+    with full_disk.small_tmpfs(tmp_path / "small", "64k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
-def fill_disk(directory: Path) -> Path:
-    filler = directory / "filler"
-    with pytest.raises(OSError, match="No space left") as info, filler.open("wb", buffering=0) as file:  # noqa: PT012
-        while True:
-            file.write(bytes(4096))
-    assert info.value.errno == errno.ENOSPC
-    return filler
+fill_disk = full_disk.fill_disk
 
 
 def test_round_trip(tmp_path: Path) -> None:

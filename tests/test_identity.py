@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import errno
 import hashlib
 import json
 import os
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from petcamd.atomic_file import StateWriteError
 from petcamd.secure.identity import Identity, IdentityError, key_id, load_or_create_identity
+from tests import full_disk
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,25 +165,11 @@ def test_unreadable_file_is_refused(tmp_path: Path) -> None:
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 16 KiB tmpfs: a disk that really fills up."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount_point)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to simulate a full disk (needs root): {result.stderr.strip()}")
-    try:
+    with full_disk.small_tmpfs(tmp_path / "small", "16k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
-def fill_disk(directory: Path) -> None:
-    filler = directory / "filler"
-    with pytest.raises(OSError, match="No space left") as info, filler.open("wb", buffering=0) as file:  # noqa: PT012
-        while True:
-            file.write(bytes(4096))
-    assert info.value.errno == errno.ENOSPC
+fill_disk = full_disk.fill_disk
 
 
 def test_disk_full_while_creating(small_tmpfs: Path) -> None:

@@ -34,6 +34,7 @@ from petcamd.secure.keystore import (
     PeerEvent,
     UnknownPeerError,
 )
+from tests import full_disk
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -509,19 +510,8 @@ def test_arbitrary_documents_never_crash_open(version: object, peers: object) ->
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs: a disk that really fills up."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to simulate a full disk (needs root): {result.stderr.strip()}")
-    try:
+    with full_disk.small_tmpfs(tmp_path / "small", "64k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_disk_full(small_tmpfs: Path) -> None:
@@ -532,11 +522,7 @@ def test_disk_full(small_tmpfs: Path) -> None:
     events: list[PeerEvent] = []
     keystore.add_listener(lambda event, _peer: events.append(event))
 
-    filler = directory.parent / "filler"
-    with pytest.raises(OSError, match="No space left") as full, filler.open("wb", buffering=0) as file:  # noqa: PT012
-        while True:
-            file.write(bytes(4096))
-    assert full.value.errno == errno.ENOSPC
+    filler = full_disk.fill_disk(directory.parent)
     before = snapshot(directory)
 
     with pytest.raises(StateWriteError, match=r"cannot write .*peers\.json: no space left") as info:
