@@ -1,0 +1,1 @@
+"""petcamd's benchmarks: `python -m bench.run [--quick] [--only NAME...]`; see docs/performance.md."""
