@@ -30,7 +30,7 @@ from petcamd.signaling.lan_server import ConnectionLimits, LanServer, LanServerS
 from petcamd.signaling.mdns import MdnsAdvertiser
 from petcamd.signaling.negotiator import NegotiatorSettings, Signaling
 from petcamd.webrtc.ice import IceServer
-from petcamd.webrtc.session import SessionState
+from petcamd.webrtc.session import SessionState, SessionStats
 from petcamd.webrtc.sessions import SessionManager, WebRtcSettings
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,10 @@ class Daemon:
                 display = create_display(config.pairing.display)
             except DisplayUnavailableError as exc:
                 raise StartupError(f"pairing display: {exc}") from exc
+
+        def live_sessions() -> list[SessionStats]:
+            return [s for s in sessions.sessions if s.state is not SessionState.CLOSED]
+
         controller = Controller(
             config=config,
             device_id=identity.key_id,
@@ -158,8 +162,9 @@ class Daemon:
             probe=StatusProbe(
                 camera_state=lambda: hub.state.value,
                 camera_description=lambda: source.description,
-                viewers=lambda: sum(s.state is not SessionState.CLOSED for s in sessions.sessions),
+                viewers=lambda: len(live_sessions()),
                 lan_port=lambda: lan.port,
+                sessions=lambda: [s.status() for s in live_sessions()],
             ),
             keystore=keystore,
             display=display,

@@ -296,7 +296,13 @@ async def test_shutdown_says_bye_to_watching_viewers_within_budget(tmp_path: Pat
             lambda: daemon.controller is not None and daemon.controller.status().viewers == 1, 10
         )
         assert "1 viewer(s)" in daemon.status_line()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.5)  # stats are sampled once a second
+        (session,) = daemon.controller.status().sessions  # the per-viewer stats reach status
+        assert session["peer_id"] == device.peer_id
+        assert session["state"] == "connected"
+        assert session["path"] == "host"  # a direct LAN path
+        assert session["fps"] > 5
+        assert session["srtp_profile"]
         daemon.request_stop()
         result = await asyncio.wait_for(watching, 5)
         assert result.ended_by_device

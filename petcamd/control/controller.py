@@ -80,6 +80,7 @@ class StatusProbe:
     camera_description: Callable[[], str]
     viewers: Callable[[], int]
     lan_port: Callable[[], int | None]
+    sessions: Callable[[], list[dict[str, Any]]] = list  # per-viewer stats, see docs/control.md
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,7 @@ class Status:
     pairing_expires_in_s: float | None
     lan_port: int | None
     problems: list[str]
+    sessions: list[dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,6 +157,7 @@ class Controller:
             pairing_expires_in_s=round(window.remaining_s, 1) if window else None,
             lan_port=self._probe.lan_port(),
             problems=problems,
+            sessions=self._probe.sessions(),
         )
 
     @property

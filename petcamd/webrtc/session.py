@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.exceptions import InvalidAccessError, OperationError
@@ -93,6 +94,19 @@ class SessionStats:
     local_candidate_type: str | None
     remote_candidate_type: str | None
     srtp_profile: str | None
+
+    def status(self) -> dict[str, Any]:
+        """The viewer as `petcamctl status` shows it (no addresses, no keys)."""
+        return {
+            "peer_id": self.peer_id,
+            "state": self.state.value,
+            "age_s": round(self.age_s, 1),
+            "fps": round(self.fps, 1),
+            "bitrate_bps": round(self.bitrate_bps),
+            "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 1),
+            "path": None if self.candidate_type is None else self.candidate_type.value,
+            "srtp_profile": self.srtp_profile,
+        }
 
 
 class ViewerSession:
