@@ -19,34 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from tests import dbus_daemon
+
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "config" / "petcamd-dbus.conf"
 SYSTEM_PYTHON = "/usr/bin/python3"
-
-# The default policy of Debian's /usr/share/dbus-1/system.conf, reduced to what matters here.
-SYSTEM_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-  </policy>
-  <include>{policy}</include>
-</busconfig>
-"""
 
 
 def ensure_petcamd_user() -> None:
@@ -76,23 +53,10 @@ def system_bus() -> Iterator[tuple[str, Path]]:
     ensure_petcamd_user()
     work = Path(tempfile.mkdtemp(prefix="petcamd-policy-"))
     work.chmod(0o755)  # other users must reach the bus socket and the config
-    socket_path = work / "system_bus_socket"
-    config = work / "system.conf"
-    config.write_text(SYSTEM_BUS_CONFIG.format(socket=socket_path, policy=POLICY))
-    bus = subprocess.Popen(
-        ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
     try:
-        assert bus.stdout is not None
-        address = bus.stdout.readline().strip()
-        assert address, "dbus-daemon did not start"
-        yield address, work
+        with dbus_daemon.system_bus(work, POLICY) as address:
+            yield address, work
     finally:
-        bus.terminate()
-        bus.wait(10)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -44,7 +44,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from petcamd.signaling import mdns
 from petcamd.signaling.mdns import SERVICE_TYPE_FQDN, TXT_KEYS, MdnsAdvertiser, instance_name, txt_record
-from tests.dbus_daemon import private_bus
+from tests.dbus_daemon import private_bus, system_bus
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE_ID = "abcdefghijklmnop"
@@ -463,32 +463,6 @@ async def test_zeroconf_that_cannot_bind_is_logged_once_and_retried() -> None:
 
 # -- avahi backend, for real -------------------------------------------------------------------
 
-SYSTEM_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <!-- the default policy of Debian's /usr/share/dbus-1/system.conf -->
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-  </policy>
-  <!-- avahi's own policy, as installed by the avahi-daemon package -->
-  <include ignore_missing="no">{avahi_policy}</include>
-</busconfig>
-"""
-
 AVAHI_CONFIG = """[server]
 host-name=petcamtest
 use-ipv4=yes
@@ -530,26 +504,10 @@ def require_avahi() -> None:
 
 @contextlib.contextmanager
 def system_like_bus(directory: Path) -> Iterator[str]:
-    socket_path = directory / "system_bus_socket"
-    config = directory / "system-bus.conf"
-    config.write_text(SYSTEM_BUS_CONFIG.format(socket=socket_path, avahi_policy=AVAHI_POLICY))
-    proc = subprocess.Popen(
-        ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        address = proc.stdout.readline().strip()
-        if not address:
-            raise RuntimeError("dbus-daemon did not start")
+    """A system-type bus with avahi's own policy, as installed by the avahi-daemon package."""
+    assert AVAHI_POLICY is not None, "call require_avahi() first"
+    with system_bus(directory, AVAHI_POLICY) as address:
         yield address
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 class AvahiDaemon:
