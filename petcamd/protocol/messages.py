@@ -463,10 +463,9 @@ class ErrorMessage(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Ping(Message):
-    """Liveness check; the other end answers with a ``pong`` carrying the same ``seq``."""
+class _Sequenced(Message):
+    """The shape ping and pong share: a sequence number, sent by either end."""
 
-    TYPE: ClassVar[str] = "ping"
     SENT_BY: ClassVar[Role] = Role.EITHER
     seq: int
 
@@ -482,20 +481,15 @@ class Ping(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Pong(Message):
+class Ping(_Sequenced):
+    """Liveness check; the other end answers with a ``pong`` carrying the same ``seq``."""
+
+    TYPE: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(_Sequenced):
     TYPE: ClassVar[str] = "pong"
-    SENT_BY: ClassVar[Role] = Role.EITHER
-    seq: int
-
-    def __post_init__(self) -> None:
-        _check_seq(self.TYPE, self.seq)
-
-    def _fields(self) -> dict[str, object]:
-        return {"seq": self.seq}
-
-    @classmethod
-    def _from_fields(cls, fields: _Fields) -> Self:
-        return cls(fields.integer("seq"))
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
