@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from petcamd.camera.source import StreamSettings
+from petcamd.protocol.relay import relay_origin
 from petcamd.tomlconfig import ConfigError, bounds, load_file, parse_sections, to_toml_values
 
 __all__ = [
@@ -104,7 +105,17 @@ def load_config(path: Path | None = None) -> Config:
 
 
 def parse_config(raw: Mapping[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> Config:
-    return parse_sections(Config, raw, source=source, base_dir=base_dir)
+    return parse_sections(Config, raw, source=source, base_dir=base_dir, cross_checks=_cross_checks)
+
+
+def _cross_checks(config: Config) -> list[str]:
+    relay_url = config.network.relay_url
+    if relay_url:
+        try:
+            relay_origin(relay_url)
+        except ValueError as exc:
+            return [f"[network] relay_url: {exc}, not {relay_url!r}"]
+    return []
 
 
 def config_to_toml_values(config: Config) -> dict[str, dict[str, Any]]:

@@ -63,6 +63,7 @@ def test_all_errors_at_once_with_did_you_mean() -> None:
         ("[network]\nlan_address = 'nowhere'", "must be an IP address"),
         ("[camera]\nalways_on = 1", "must be true or false"),
         ("[network]\nice_servers = 'stun:x'", "must be a list"),
+        ("[network]\nrelay_url = 'relay.example.org'", "[network] relay_url: the scheme must be"),
     ],
 )
 def test_bad_values(tmp_path: Path, body: str, expected: str) -> None:

@@ -166,3 +166,22 @@ async def test_peers_rename_revoke_and_signals(bus_address: str, keystore: Keyst
     finally:
         client.disconnect()
         await service.stop()
+
+
+async def test_internet_mode_pairing_url_is_on_the_relay_origin(keystore: Keystore) -> None:
+    probe = StatusProbe(
+        camera_state=lambda: "idle",
+        camera_description=lambda: "test",
+        viewers=lambda: 0,
+        lan_port=lambda: 8080,
+    )
+    config = parse_config(
+        {"network": {"mode": "internet", "relay_url": "wss://Relay.Example.org:443/device"}}
+    )
+    controller = Controller(
+        config=config, device_id="a" * 16, device_key=bytes(32), probe=probe, keystore=keystore, display=None
+    )
+    url = controller.start_pairing().url
+    assert url.startswith("https://relay.example.org/#v=1&")  # the page's origin, not the device endpoint
+    assert decode_pairing_url(url).relay_url == "wss://Relay.Example.org:443/device"
+    controller.cancel_pairing()

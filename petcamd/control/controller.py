@@ -20,6 +20,7 @@ from petcamd.config import Config
 from petcamd.display.framebuffer import PairingDisplay
 from petcamd.netaddr import lan_addresses
 from petcamd.protocol.pairing_url import PairingPayload, encode_pairing_url
+from petcamd.protocol.relay import relay_origin
 from petcamd.secure.keystore import (
     InvalidPeerNameError,
     Keystore,
@@ -230,7 +231,7 @@ class Controller:
             name=self._config.device.name,
         )
         if self.mode == "internet" and network.relay_url:
-            origin = network.relay_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+            origin = relay_origin(network.relay_url)  # the viewer page lives at the relay's origin
         else:
             host = addresses[0]
             origin = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
