@@ -6,7 +6,7 @@ import os
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from petcamd.protocol.messages import MAX_FRAME_LEN, ProtocolError
@@ -98,10 +98,15 @@ def test_malformed_envelopes_raise_one_error_type(data: bytes) -> None:
 
 
 @given(st.binary(max_size=200))
+@example(b"\x31\x00\x00\x00\x01\x00\x05")  # CLOSE with a reason this version does not know
 def test_decoding_arbitrary_bytes_raises_only_envelope_error(data: bytes) -> None:
     try:
         envelope = decode_envelope(data)
     except EnvelopeError:
+        return
+    if isinstance(envelope, Close) and envelope.reason is CloseReason.UNKNOWN and data[-2:] != b"\xff\xff":
+        # a reason this version does not know is kept as UNKNOWN (next test); all else round-trips
+        assert envelope.encode()[:-2] == data[:-2]
         return
     assert envelope.encode() == data
 
