@@ -29,6 +29,7 @@ from petcamd.secure.keystore import Keystore, Peer, PeerEvent
 from petcamd.signaling.lan_server import ConnectionLimits, LanServer, LanServerSettings
 from petcamd.signaling.mdns import MdnsAdvertiser
 from petcamd.signaling.negotiator import NegotiatorSettings, Signaling
+from petcamd.web_static import viewer_web_dir, websocket_origin
 from petcamd.webrtc.ice import IceServer
 from petcamd.webrtc.session import SessionState, SessionStats
 from petcamd.webrtc.sessions import SessionManager, WebRtcSettings
@@ -188,6 +189,10 @@ class Daemon:
                 device_id=identity.key_id,
                 device_name=config.device.name,
                 limits=self.options.lan_limits or ConnectionLimits(),
+                static_dir=viewer_web_dir(),
+                connect_sources=(
+                    (websocket_origin(config.network.relay_url),) if config.network.relay_url else ()
+                ),
             ),
             signaling,
         )

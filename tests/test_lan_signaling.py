@@ -40,6 +40,7 @@ from petcamd.viewer.client import (
     watch,
 )
 from petcamd.viewer.state import PairedDevice, ViewerState
+from petcamd.web_static import viewer_web_dir
 from tests.dbus_daemon import private_bus
 from tests.fakes.sources import RecordingSource
 from tests.test_webrtc_harness import wait_for
@@ -656,15 +657,40 @@ async def test_static_directory_hook_keeps_the_api_routes(tmp_path: Path) -> Non
     web_root = tmp_path / "web"
     (web_root / "js").mkdir(parents=True)
     (web_root / "index.html").write_text("<!doctype html><title>viewer</title>")
-    settings = LanServerSettings("127.0.0.1", 0, "a" * 16, "Pet camera", static_dir=web_root)
+    (web_root / "js" / "app.js").write_text("export {};\n")
+    settings = LanServerSettings(
+        "127.0.0.1", 0, "a" * 16, "Pet camera", static_dir=web_root, connect_sources=("wss://relay.test",)
+    )
     server = LanServer(settings)
     await server.start()
     try:
         base = f"http://127.0.0.1:{server.port}"
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"{base}/index.html") as response:
-                assert response.status == 200
-                assert "viewer" in await response.text()
+            for page in ("/", "/index.html"):
+                async with http.get(f"{base}{page}") as response:
+                    assert response.status == 200
+                    assert "viewer" in await response.text()
+                    assert response.headers["Cache-Control"] == "no-store"  # never cache the pairing page
+                    csp = parse_csp(response.headers["Content-Security-Policy"])
+                    assert csp["script-src"] == ["'self'"]  # no inline script, no other origin
+                    assert csp["default-src"] == ["'none'"]
+                    assert csp["connect-src"] == [
+                        "'self'",
+                        f"ws://127.0.0.1:{server.port}",
+                        "wss://relay.test",
+                    ]
+                    assert response.headers["X-Frame-Options"] == "DENY"
+                    assert "Strict-Transport-Security" not in response.headers  # plain http
+                    assert "Server" not in response.headers
+            async with http.get(f"{base}/js/app.js") as response:
+                assert response.headers["Content-Type"].startswith("text/javascript")
+                assert response.headers["Cache-Control"] == "no-cache"
+                assert "Content-Security-Policy" in response.headers
+            # A Host header that is not a plain host and port is not repeated into the policy.
+            async with http.get(f"{base}/", headers={"Host": "evil.test; script-src *"}) as response:
+                csp = parse_csp(response.headers["Content-Security-Policy"])
+                assert csp["connect-src"] == ["'self'", "wss://relay.test"]
+                assert csp["script-src"] == ["'self'"]
             async with http.get(f"{base}/healthz") as response:
                 assert (await response.json())["device_id"] == "a" * 16
             (tmp_path / "secret.txt").write_text("outside the web root")
@@ -673,3 +699,27 @@ async def test_static_directory_hook_keeps_the_api_routes(tmp_path: Path) -> Non
                     assert response.status in (403, 404), hidden
     finally:
         await server.stop()
+
+
+def parse_csp(policy: str) -> dict[str, list[str]]:
+    directives: dict[str, list[str]] = {}
+    for part in policy.split(";"):
+        name, *values = part.split()
+        assert name not in directives, f"{name} given twice"
+        directives[name] = values
+    return directives
+
+
+@pytest.mark.timeout(60)
+async def test_daemon_serves_the_web_viewer_with_strict_headers(tmp_path: Path, bus_address: str) -> None:
+    async with running_daemon(tmp_path, bus_address) as daemon:
+        port = lan_port(daemon)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/js/noise.js") as response,
+        ):
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/javascript")
+            source = await response.text()
+            assert source == (viewer_web_dir() / "js" / "noise.js").read_text()
+            assert parse_csp(response.headers["Content-Security-Policy"])["script-src"] == ["'self'"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from yarl import URL
 
-from petcamd.relay.static import content_security_policy
+from petcamd.web_static import content_security_policy, websocket_origin
 from tests.test_relay_harness import running_relay
 
 
@@ -94,17 +94,17 @@ async def test_endpoints_keep_precedence_over_static_files(site: Path) -> None:
 
 
 def test_csp_follows_the_public_origin() -> None:
-    assert "connect-src 'self' wss://relay.example.org:8443;" in content_security_policy(
-        "https://Relay.Example.org:8443/"
-    )
-    assert "connect-src 'self' ws://127.0.0.1:8080;" in content_security_policy("http://127.0.0.1:8080")
+    relay = websocket_origin("https://Relay.Example.org:8443/")
+    assert "connect-src 'self' wss://relay.example.org:8443;" in content_security_policy([relay])
+    local = websocket_origin("http://127.0.0.1:8080")
+    assert "connect-src 'self' ws://127.0.0.1:8080;" in content_security_policy([local])
 
 
 @pytest.mark.parametrize(
     "relative", ["../outside.txt", "icons/../../outside.txt", "escape.txt", ".hidden", "a\\b"]
 )
 def test_resolve_refuses_escapes(site: Path, relative: str) -> None:
-    from petcamd.relay.static import StaticFiles
+    from petcamd.web_static import StaticFiles
 
     files = StaticFiles(site)
     assert files._resolve(relative) is None

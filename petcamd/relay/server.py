@@ -15,7 +15,7 @@ import ssl
 
 from aiohttp import hdrs, web
 
-from petcamd.protocol.relay import CloseCode
+from petcamd.protocol.relay import CloseCode, relay_origin
 from petcamd.relay.config import RelayConfig
 from petcamd.relay.connection import Connection, ConnectionSettings, Shared
 from petcamd.relay.device import DeviceConnection
@@ -30,9 +30,9 @@ from petcamd.relay.limits import (
 )
 from petcamd.relay.metrics import CONTENT_TYPE, Metrics
 from petcamd.relay.router import MemoryRouter, Router
-from petcamd.relay.static import StaticFiles, header_hook
 from petcamd.relay.tls import server_ssl_context
 from petcamd.relay.viewer import ViewerConnection
+from petcamd.web_static import StaticFiles, header_hook, security_headers, websocket_origin
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,9 @@ class RelayServer:
         if self.config.server.static_dir is not None:
             files = StaticFiles(self.config.server.static_dir)
             app.router.add_get("/{path:.*}", files.handle)
-        app.on_response_prepare.append(header_hook(self.config.server.public_origin))
+        origin = relay_origin(self.config.server.public_origin)
+        headers = security_headers([websocket_origin(origin)], https=origin.startswith("https:"))
+        app.on_response_prepare.append(header_hook(headers))
         app.on_shutdown.append(self._close_all)
         return app
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -27,12 +28,15 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from petcamd.protocol.messages import MAX_FRAME_LEN, ErrorCode, Frame
 from petcamd.signaling.negotiator import FrameSender, Negotiator, TransportCloser
+from petcamd.web_static import StaticFiles, header_hook, security_headers
 
 log = logging.getLogger(__name__)
 
 __all__ = ["WS_PATH", "ConnectionLimits", "LanServer", "LanServerSettings", "NegotiatorFactory"]
 
 WS_PATH = "/ws"
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+"""A Host header fit to repeat in a policy: a name or address and an optional port, nothing else."""
 _CLOSE_TIMEOUT_S = 2.0
 """How long a close waits for the viewer's closing handshake (shutdown waits for no one longer)."""
 
@@ -66,6 +70,8 @@ class LanServerSettings:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     static_dir: Path | None = None
     """The web viewer's files, served at / when set (routes above take precedence)."""
+    connect_sources: tuple[str, ...] = ()
+    """WebSocket origins the served page may reach besides this server (the relay's, if any)."""
 
 
 class NegotiatorFactory(Protocol):
@@ -156,14 +162,23 @@ class LanServer:
         if self._negotiators is not None:
             app.router.add_get(WS_PATH, self._websocket)
         if self._settings.static_dir is not None:
-            app.router.add_static("/", self._settings.static_dir, show_index=False, follow_symlinks=False)
-        app.on_response_prepare.append(self._plain_headers)
+            app.router.add_get("/{path:.*}", StaticFiles(self._settings.static_dir).handle)
+        app.on_response_prepare.append(header_hook(self._security_headers))
+        app.on_response_prepare.append(self._no_server_header)
         return app
 
+    def _security_headers(self, request: web.Request) -> dict[str, str]:
+        """The page may open WebSockets to the host it was loaded from (by whatever address or name
+        the viewer used) and to the relay; nothing else."""
+        connect = list(self._settings.connect_sources)
+        host = request.host
+        if _HOST.fullmatch(host):
+            connect.insert(0, f"{'wss' if request.secure else 'ws'}://{host}")
+        return security_headers(connect, https=request.secure)
+
     @staticmethod
-    async def _plain_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    async def _no_server_header(_request: web.Request, response: web.StreamResponse) -> None:
         response.headers.pop("Server", None)  # no software versions to unauthenticated clients
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
     async def _health(self, _request: web.Request) -> web.Response:
         body = {"status": "ok", "device_id": self._settings.device_id, "name": self._settings.device_name}

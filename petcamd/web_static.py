@@ -1,20 +1,30 @@
-"""The web viewer's files at the relay's origin, with strict security headers on every response.
+"""The web viewer's files and the security headers on every response, at the relay's https origin
+and at the device's own LAN origin.
 
-Whoever serves the viewer's script could serve one that leaks keys (docs/relay.md, "What the relay
-can and cannot see"), so the relay serves exactly the files in one directory, read-only, with a
-Content-Security-Policy that allows no inline script and no other origin, and never lets a cache
-keep the pairing page.
+Whoever serves the viewer's script could serve one that leaks keys (docs/web-viewer.md, "What each
+origin protects"), so both servers serve exactly the files in one directory, read-only, with a
+Content-Security-Policy that allows no inline script and no other origin for code, and never let a
+cache keep the pairing page.
 """
 
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from aiohttp import web
 
 from petcamd.protocol.relay import relay_origin
+
+__all__ = [
+    "StaticFiles",
+    "content_security_policy",
+    "header_hook",
+    "security_headers",
+    "viewer_web_dir",
+    "websocket_origin",
+]
 
 _TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -31,12 +41,22 @@ _TYPES = {
 }
 
 
-def content_security_policy(public_origin: str) -> str:
-    """Scripts, styles and everything else from this origin only; WebSockets to this origin only."""
-    origin = relay_origin(public_origin)
-    websocket = (
-        "wss" + origin[len("https") :] if origin.startswith("https:") else "ws" + origin[len("http") :]
-    )
+def viewer_web_dir() -> Path:
+    """The web viewer shipped inside the package (petcamd/viewer/web), wherever it is installed."""
+    return Path(__file__).resolve().parent / "viewer" / "web"
+
+
+def websocket_origin(origin: str) -> str:
+    """The ws(s) origin of an http(s) origin: what connect-src must name for its WebSockets."""
+    origin = relay_origin(origin)
+    return "wss" + origin[len("https") :] if origin.startswith("https:") else "ws" + origin[len("http") :]
+
+
+def content_security_policy(connect: Sequence[str] = ()) -> str:
+    """Code, styles and everything else from this origin only; connections also to ``connect``.
+
+    ``connect`` names WebSocket origins explicitly: older Safari does not count ws: as 'self'.
+    """
     return "; ".join(
         (
             "default-src 'none'",
@@ -45,7 +65,7 @@ def content_security_policy(public_origin: str) -> str:
             "img-src 'self' data: blob:",
             "media-src 'self' blob:",
             "font-src 'self'",
-            f"connect-src 'self' {websocket}",
+            " ".join(("connect-src 'self'", *dict.fromkeys(connect))),
             "manifest-src 'self'",
             "worker-src 'self'",
             "base-uri 'none'",
@@ -55,9 +75,9 @@ def content_security_policy(public_origin: str) -> str:
     )
 
 
-def security_headers(public_origin: str) -> dict[str, str]:
+def security_headers(connect: Sequence[str] = (), *, https: bool = False) -> dict[str, str]:
     headers = {
-        "Content-Security-Policy": content_security_policy(public_origin),
+        "Content-Security-Policy": content_security_policy(connect),
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
         "X-Frame-Options": "DENY",
@@ -65,19 +85,21 @@ def security_headers(public_origin: str) -> dict[str, str]:
         "Cross-Origin-Resource-Policy": "same-origin",
         "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
     }
-    if relay_origin(public_origin).startswith("https:"):
+    if https:
         headers["Strict-Transport-Security"] = "max-age=31536000"
     return headers
 
 
-def header_hook(public_origin: str) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """An on_response_prepare hook adding the security headers to every HTTP response."""
-    headers = security_headers(public_origin)
+def header_hook(
+    headers: Mapping[str, str] | Callable[[web.Request], Mapping[str, str]],
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An on_response_prepare hook adding ``headers`` (fixed, or computed per request) to every
+    HTTP response; anything a handler did not mark cacheable is ``no-store``."""
 
-    async def add_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
         if response.status == 101:  # a WebSocket upgrade carries no document
             return
-        for name, value in headers.items():
+        for name, value in (headers(request) if callable(headers) else headers).items():
             response.headers.setdefault(name, value)
         response.headers.setdefault("Cache-Control", "no-store")
 
