@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -28,7 +29,9 @@ from petcamd.secure.identity import IdentityError, load_or_create_identity
 from petcamd.secure.keystore import Keystore, Peer, PeerEvent
 from petcamd.signaling.lan_server import ConnectionLimits, LanServer, LanServerSettings
 from petcamd.signaling.mdns import MdnsAdvertiser
+from petcamd.signaling.modes import NetworkModes
 from petcamd.signaling.negotiator import NegotiatorSettings, Signaling
+from petcamd.signaling.relay_client import RelayClient, RelayClientSettings
 from petcamd.web_static import viewer_web_dir, websocket_origin
 from petcamd.webrtc.ice import IceServer
 from petcamd.webrtc.session import SessionState, SessionStats
@@ -60,6 +63,8 @@ class RunOptions:
     health: HealthSettings | None = None  # None = defaults with the configured stall timeout
     signaling: NegotiatorSettings | None = None  # None = defaults (tests shorten the timeouts)
     lan_limits: ConnectionLimits | None = None  # None = defaults
+    relay: RelayClientSettings | None = None  # None = defaults (tests shorten the backoff)
+    relay_ssl: ssl.SSLContext | None = None  # None = the system's trust store (tests bring their CA)
 
 
 class Daemon:
@@ -77,6 +82,7 @@ class Daemon:
         self.lan: LanServer | None = None
         self.sessions: SessionManager | None = None
         self.signaling: Signaling | None = None
+        self.modes: NetworkModes | None = None
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -156,6 +162,26 @@ class Daemon:
         def live_sessions() -> list[SessionStats]:
             return [s for s in sessions.sessions if s.state is not SessionState.CLOSED]
 
+        relay_url = config.network.relay_url
+
+        def relay_client() -> RelayClient:
+            return RelayClient(
+                relay_url,
+                identity.private_key,
+                identity.key_id,
+                signaling,
+                self.options.relay,
+                ssl=self.options.relay_ssl,
+            )
+
+        modes = NetworkModes(
+            configured_mode=config.network.mode,
+            state_dir=state_dir,
+            sessions=sessions,
+            webrtc_settings=lambda mode: webrtc_settings(config, mode),
+            relay_factory=relay_client if relay_url else None,
+        )
+        self.modes = modes
         controller = Controller(
             config=config,
             device_id=identity.key_id,
@@ -169,6 +195,7 @@ class Daemon:
             ),
             keystore=keystore,
             display=display,
+            modes=modes,
         )
         self.controller = controller
         signaling = Signaling(
@@ -203,6 +230,7 @@ class Daemon:
             ("camera", hub),
             ("sessions", sessions),
             ("lan-server", lan),
+            ("network-mode", modes),
         ]
         if config.network.mdns:
             mdns = MdnsAdvertiser(
@@ -272,7 +300,7 @@ class Daemon:
         signaling = self.signaling
         if signaling is not None and "lan-server" in started:
             viewers.append(signaling.stop)
-        viewers += stops("sessions")
+        viewers += stops("network-mode", "sessions")
         self.stage_results = await run_stages(
             [
                 Stage("viewers", viewers, budgets.viewers),
@@ -316,13 +344,14 @@ class StartupError(Exception):
     """A part the daemon cannot serve without failed to start; the message names it."""
 
 
-def webrtc_settings(config: Config) -> WebRtcSettings:
+def webrtc_settings(config: Config, mode: str | None = None) -> WebRtcSettings:
     """Local Network Mode gathers host candidates only; internet mode adds the configured STUN servers.
 
-    Raises ValueError for a server URL that cannot be used (TURN needs credentials the relay issues).
+    ``mode`` overrides the config file's (the owner switched at runtime). Raises ValueError for a
+    server URL that cannot be used (TURN needs credentials the relay issues).
     """
     network = config.network
-    local = network.mode == "local"
+    local = (mode or network.mode) == "local"
     servers = () if local else tuple(IceServer(url) for url in network.ice_servers)
     return WebRtcSettings(
         max_viewers=config.viewers.max_viewers,

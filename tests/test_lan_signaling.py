@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -31,6 +32,7 @@ from petcamd.secure.identity import Identity, load_or_create_identity
 from petcamd.secure.pairing import psk_from_secret
 from petcamd.signaling.lan_server import ConnectionLimits, LanServer, LanServerSettings, address_key
 from petcamd.signaling.negotiator import NegotiatorSettings
+from petcamd.signaling.relay_client import RelayClientSettings
 from petcamd.supervisor import Daemon, RunOptions, webrtc_settings
 from petcamd.viewer.client import (
     DeviceBusyError,
@@ -67,11 +69,13 @@ async def running_daemon(
     limits: ConnectionLimits | None = None,
     max_viewers: int = 4,
     source: RecordingSource | None = None,
+    network: dict[str, Any] | None = None,
+    relay: RelayClientSettings | None = None,
 ) -> AsyncIterator[Daemon]:
     config = parse_config(
         {
             "camera": {"source": "test", "always_on": True},
-            "network": {"lan_address": "127.0.0.1", "lan_port": 0},
+            "network": {"lan_address": "127.0.0.1", "lan_port": 0, **(network or {})},
             "pairing": {"display": "none", "open_when_unpaired": False},
             "viewers": {"max_viewers": max_viewers},
             "state": {"directory": str(tmp_path / "device-state")},
@@ -84,6 +88,7 @@ async def running_daemon(
         source=source or small_camera(),
         signaling=signaling,
         lan_limits=limits,
+        relay=relay,
     )
     daemon = Daemon(config, SystemdNotifier({}), options)
     run = asyncio.create_task(daemon.run())

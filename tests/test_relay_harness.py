@@ -197,7 +197,7 @@ class CaptureProxy:
     """A loopback TCP proxy to the relay that records every byte, in both directions."""
 
     def __init__(self, target_port: int) -> None:
-        self._target_port = target_port
+        self.target_port = target_port
         self.streams: list[tuple[bytearray, bytearray]] = []  # (client to relay, relay to client)
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -217,7 +217,7 @@ class CaptureProxy:
         await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         up, down = bytearray(), bytearray()
         self.streams.append((up, down))
         tasks = [

@@ -77,8 +77,32 @@ async def cmd_status(iface: Any, args: argparse.Namespace) -> int:
         f"  pairing:  {pairing}",
         f"  LAN port: {status['lan_port']}",
     ]
+    relay = status.get("relay")
+    if relay:
+        error = f" ({relay['last_error']})" if relay["last_error"] else ""
+        lines.append(f"  relay:    {relay['state']} at {relay['url']}{error}")
     lines += [f"  problem:  {problem}" for problem in status["problems"]]
     print("\n".join(lines))
+    return EXIT_OK
+
+
+_MODE_NAMES = {"local": "Local Network Mode", "internet": "internet mode"}
+
+
+async def cmd_mode(iface: Any, args: argparse.Namespace) -> int:
+    if args.mode is None:
+        mode = await iface.call_get_mode()
+        _print_json({"mode": mode}) if args.json else print(_MODE_NAMES.get(mode, mode))
+        return EXIT_OK
+    changed = await iface.call_set_mode(args.mode)
+    if args.json:
+        _print_json({"mode": args.mode, "changed": changed})
+    elif not changed:
+        print(f"Already in {_MODE_NAMES[args.mode]}.")
+    elif args.mode == "local":
+        print("Switched to Local Network Mode: the relay connection is closed; nothing leaves your network.")
+    else:
+        print("Switched to internet mode: connecting to the relay (see `petcamctl status`).")
     return EXIT_OK
 
 
@@ -170,7 +194,19 @@ def _parser() -> argparse.ArgumentParser:
     revoke = commands.add_parser("revoke", help="unpair a viewer and end its live sessions")
     revoke.add_argument("peer_id")
     revoke.set_defaults(run=cmd_revoke)
+    mode = commands.add_parser(
+        "mode", help="show or switch the network mode (kept across restarts)", description=_MODE_HELP
+    )
+    mode.add_argument("mode", nargs="?", choices=("local", "internet"))
+    mode.set_defaults(run=cmd_mode)
     return parser
+
+
+_MODE_HELP = (
+    "local: Local Network Mode, viewers on the same network only, nothing leaves it. "
+    "internet: also reachable through the relay in the config file (network.relay_url). "
+    "Without an argument, prints the current mode."
+)
 
 
 async def _run(args: argparse.Namespace) -> int:

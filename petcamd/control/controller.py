@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from petcamd import __version__
 from petcamd.atomic_file import StateWriteError
@@ -84,6 +84,20 @@ class StatusProbe:
     sessions: Callable[[], list[dict[str, Any]]] = list  # per-viewer stats, see docs/control.md
 
 
+class ModeSwitch(Protocol):
+    """The network mode at runtime (`petcamd.signaling.modes.NetworkModes`)."""
+
+    @property
+    def mode(self) -> str: ...
+
+    @property
+    def problem(self) -> str | None: ...
+
+    async def set_mode(self, mode: str) -> bool: ...
+
+    def relay_status(self) -> dict[str, Any] | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Status:
     """`petcamctl --json status` prints exactly these keys (docs/control.md); add, never rename."""
@@ -102,6 +116,8 @@ class Status:
     lan_port: int | None
     problems: list[str]
     sessions: list[dict[str, Any]]
+    relay: dict[str, Any] | None
+    """The relay connection in internet mode (docs/control.md), None in Local Network Mode."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,6 +140,7 @@ class Controller:
         probe: StatusProbe,
         keystore: Keystore,
         display: PairingDisplay | None,
+        modes: ModeSwitch | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
@@ -139,11 +156,17 @@ class Controller:
         self._window: PairingWindow | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
         self.state = "starting"
-        self.mode = config.network.mode
+        self._modes = modes
+        self.mode_listeners: list[Callable[[str], None]] = []
+
+    @property
+    def mode(self) -> str:
+        return self._modes.mode if self._modes is not None else self._config.network.mode
 
     def status(self) -> Status:
         window = self.active_window
-        problems = [p for p in (self._keystore.problem,) if p]
+        modes = self._modes
+        problems = [p for p in (self._keystore.problem, modes.problem if modes else None) if p]
         return Status(
             version=__version__,
             state=self.state,
@@ -159,6 +182,7 @@ class Controller:
             lan_port=self._probe.lan_port(),
             problems=problems,
             sessions=self._probe.sessions(),
+            relay=modes.relay_status() if modes is not None else None,
         )
 
     @property
@@ -236,6 +260,33 @@ class Controller:
             host = addresses[0]
             origin = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         return encode_pairing_url(origin, payload)
+
+    async def set_mode(self, mode: str) -> bool:
+        """Switch the network mode now and keep the choice; returns False if it was on already.
+
+        An open pairing window stays open and its QR code is redrawn: the URL's origin (the
+        device or the relay) follows the mode.
+        """
+        if self._modes is None:
+            raise ControlError("this daemon cannot switch modes")
+        try:
+            changed = await self._modes.set_mode(mode)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        except StateWriteError as exc:
+            raise StorageError(f"the mode was not changed: {exc}") from None
+        if changed:
+            self._redraw_pairing()
+            for listener in self.mode_listeners:
+                listener(self.mode)
+        return changed
+
+    def _redraw_pairing(self) -> None:
+        window, port = self.active_window, self._probe.lan_port()
+        if window is not None and port is not None and self._display is not None:
+            self._display.show_pairing(
+                self.pairing_url(window, port), self._config.device.name, window.remaining_s
+            )
 
     def cancel_pairing(self) -> None:
         window = self.active_window

@@ -53,6 +53,7 @@ class DaemonInterface(ServiceInterface):
         self._controller = controller
         controller.pairing_closed_listeners.append(self._pairing_closed)
         controller.peer_listeners.append(self._peer_event)
+        controller.mode_listeners.append(lambda mode: self.emit_properties_changed({"Mode": mode}))
 
     def _pairing_closed(self, reason: str) -> None:
         self.PairingClosed(reason)
@@ -95,6 +96,18 @@ class DaemonInterface(ServiceInterface):
     def RevokePeer(self, peer_id: "s") -> "s":  # noqa: N802
         info = _domain(lambda: self._controller.revoke_peer(peer_id))
         return json.dumps(info.to_dict())
+
+    @method()
+    def GetMode(self) -> "s":  # noqa: N802
+        return self._controller.mode
+
+    @method()
+    async def SetMode(self, mode: "s") -> "b":  # noqa: N802
+        """Switches now (no restart) and keeps the choice; False when the mode was on already."""
+        try:
+            return await self._controller.set_mode(mode)
+        except ControlError as exc:
+            raise DBusError(ERROR_PREFIX + exc.name, str(exc)) from None
 
     @signal()
     def PairingClosed(self, reason: str) -> "s":  # noqa: N802

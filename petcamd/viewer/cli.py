@@ -59,7 +59,7 @@ def _default_name() -> str:
 
 async def cmd_pair(state: ViewerState, args: argparse.Namespace) -> int:
     started = time.monotonic()
-    device = await pair(state, args.url, args.name or _default_name())
+    device = await pair(state, args.url, args.name or _default_name(), via=args.via)
     elapsed = time.monotonic() - started
     if args.json:
         _print_json(
@@ -103,7 +103,13 @@ async def cmd_watch(state: ViewerState, args: argparse.Namespace) -> int:
         print(f"Watching {device.name!r} until {until}...", flush=True)
     try:
         result = await watch(
-            state, device, frames=args.frames, duration_s=args.duration, record=args.record, stop=stop
+            state,
+            device,
+            frames=args.frames,
+            duration_s=args.duration,
+            record=args.record,
+            stop=stop,
+            via=args.via,
         )
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -120,7 +126,8 @@ def _report(result: WatchResult, *, as_json: bool) -> None:
     size = f" at {result.width}x{result.height}" if result.width else ""
     print(
         f"{result.frames_decoded} frames decoded{size}, {result.fps:.1f} fps; first frame {first}; "
-        f"media path {_PATHS.get(result.path or '', result.path or 'unknown')}."
+        f"media path {_PATHS.get(result.path or '', result.path or 'unknown')}; "
+        f"signaling {'through the relay' if result.signaling == 'relay' else 'on the LAN'}."
     )
     if result.record_path:
         print(f"Recorded {result.recorded_packets} frames to {result.record_path}.")
@@ -150,6 +157,13 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
     )
+    route = argparse.ArgumentParser(add_help=False)
+    route.add_argument(
+        "--via",
+        choices=("auto", "lan", "relay"),
+        default="auto",
+        help="reach the camera on the LAN, through its relay, or whichever answers first (default)",
+    )
     parser = argparse.ArgumentParser(
         prog="petcam-view", description="Pair with a petcamd camera and watch it.", parents=[common]
     )
@@ -161,13 +175,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     pair_cmd = commands.add_parser(
-        "pair", parents=[common], help="pair using the URL of the camera's QR code"
+        "pair", parents=[common, route], help="pair using the URL of the camera's QR code"
     )
     pair_cmd.add_argument("url", help="the pairing URL (quote it: it contains '&')")
     pair_cmd.add_argument("--name", help="how the camera's owner will see this viewer")
     pair_cmd.set_defaults(run=cmd_pair)
     commands.add_parser("list", parents=[common], help="list paired cameras").set_defaults(run=cmd_list)
-    watch_cmd = commands.add_parser("watch", parents=[common], help="watch live video")
+    watch_cmd = commands.add_parser("watch", parents=[common, route], help="watch live video")
     watch_cmd.add_argument("device", nargs="?", help="device id, id prefix or name (default: the only one)")
     watch_cmd.add_argument("--frames", type=_positive_int, metavar="N", help="stop after N decoded frames")
     watch_cmd.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")

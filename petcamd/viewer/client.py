@@ -1,7 +1,8 @@
 """The Python viewer: pairs with a device from its pairing URL and watches its live video.
 
 It trusts no server: the device key comes from the pairing URL (the QR code) and every later
-session is a Noise handshake against that stored key, carried over the device's LAN WebSocket.
+session is a Noise handshake against that stored key, carried over the device's LAN WebSocket
+or, when no LAN address answers, through the relay (which sees only ciphertext).
 Media is a receive-only aiortc peer connection; the device's SDP answer carries its candidates.
 """
 
@@ -14,11 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from petcamd.protocol import relay as relay_protocol
 from petcamd.protocol.messages import Answer, ErrorCode, Message, Offer, ProtocolError
 from petcamd.protocol.pairing_url import PairingPayload, PairingUrlError, decode_pairing_url
 from petcamd.secure.channel import Closed, DeviceReady, Output, Received, SendFrame, ViewerChannel
@@ -45,6 +47,7 @@ __all__ = [
 
 WS_PATH = "/ws"
 MAX_FRAME_LEN = 65535
+Route = Literal["auto", "lan", "relay"]
 _M = TypeVar("_M", bound=Message)
 
 
@@ -116,13 +119,84 @@ def websocket_urls(addresses: tuple[str, ...], port: int) -> list[str]:
     return [f"ws://[{a}]:{port}{WS_PATH}" if ":" in a else f"ws://{a}:{port}{WS_PATH}" for a in addresses]
 
 
-class _Link:
-    """A ViewerChannel over one WebSocket: the handshake, then messages both ways."""
+class _FrameSocket:
+    """Protocol frames over the device's own WebSocket: one frame per binary message."""
 
-    def __init__(self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse, url: str) -> None:
-        self._http = http
-        self._ws = ws
+    route = "lan"
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, url: str) -> None:
+        self.ws = ws
         self.url = url
+
+    async def open(self) -> None:
+        """Nothing to set up: the LAN endpoint is the device itself."""
+
+    async def send(self, frame: bytes) -> None:
+        await self.ws.send_bytes(frame)
+
+    async def receive(self) -> bytes | None:
+        """The next frame; None once the connection is gone. Raises ProtocolError for a text message."""
+        message = await self.ws.receive()
+        if message.type == aiohttp.WSMsgType.BINARY:
+            return bytes(message.data)
+        if message.type == aiohttp.WSMsgType.TEXT:
+            raise ProtocolError("text message")
+        return None
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+class _RelaySocket(_FrameSocket):
+    """Protocol frames through petcam-relay: one session (connection id 1) with one device."""
+
+    route = "relay"
+    CONN_ID = 1
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, url: str, device_id: str) -> None:
+        super().__init__(ws, url)
+        self._device_id = device_id
+        self.close_reason: relay_protocol.CloseReason | None = None
+
+    async def open(self) -> None:
+        await self.ws.send_bytes(relay_protocol.Connect(self.CONN_ID, self._device_id).encode())
+
+    async def send(self, frame: bytes) -> None:
+        await self.ws.send_bytes(relay_protocol.encode_data(self.CONN_ID, frame))
+
+    async def receive(self) -> bytes | None:
+        while True:
+            message = await self.ws.receive()
+            if message.type != aiohttp.WSMsgType.BINARY:
+                return None
+            envelope = relay_protocol.decode_envelope(message.data)
+            if isinstance(envelope, relay_protocol.Data) and envelope.conn_id == self.CONN_ID:
+                return envelope.frame
+            if isinstance(envelope, relay_protocol.Close) and envelope.conn_id == self.CONN_ID:
+                self.close_reason = envelope.reason
+                return None
+
+    async def close(self) -> None:
+        if not self.ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.send_bytes(relay_protocol.Close(self.CONN_ID).encode())
+        await self.ws.close()
+
+
+def relay_viewer_url(relay_url: str) -> str:
+    """``wss://relay.example.org/`` → ``wss://relay.example.org/viewer``."""
+    origin = relay_protocol.relay_origin(relay_url)
+    return ("wss" + origin[len("https") :] if origin.startswith("https:") else "ws" + origin[4:]) + "/viewer"
+
+
+class _Link:
+    """A ViewerChannel over one frame socket: the handshake, then messages both ways."""
+
+    def __init__(self, http: aiohttp.ClientSession, sock: _FrameSocket) -> None:
+        self._http = http
+        self._sock = sock
+        self.url = sock.url
+        self.route = sock.route
         self._channel: ViewerChannel | None = None
         self._inbox: asyncio.Queue[Message | Closed] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
@@ -131,53 +205,78 @@ class _Link:
         self._finished = False
 
     @classmethod
-    async def connect(cls, urls: list[str], timeout_s: float) -> _Link:
-        if not urls:
+    async def connect(
+        cls, urls: list[str], timeout_s: float, *, relay_url: str = "", device_id: str = "", ssl: Any = None
+    ) -> _Link:
+        """The first LAN address that answers, else the relay (if the device has one)."""
+        if not urls and not relay_url:
             raise DeviceOfflineError("the pairing data holds no address of the camera")
         http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=None)
         )
         failures: list[str] = []
-        for url in urls:
+        targets = [(url, False) for url in urls]
+        if relay_url:
+            targets.append((relay_viewer_url(relay_url), True))
+        tls: dict[str, Any] = {"ssl": ssl} if ssl is not None else {}  # aiohttp's own default otherwise
+        for url, via_relay in targets:
+            max_size = relay_protocol.MAX_ENVELOPE_LEN if via_relay else MAX_FRAME_LEN
             try:
                 async with asyncio.timeout(timeout_s):
-                    ws = await http.ws_connect(url, max_msg_size=MAX_FRAME_LEN, compress=0, autoping=True)
+                    ws = await http.ws_connect(url, max_msg_size=max_size, compress=0, **tls)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 failures.append(f"{url}: {type(exc).__name__}")
                 log.debug("cannot reach %s: %s", url, exc)
                 continue
-            return cls(http, ws, url)
+            sock = _RelaySocket(ws, url, device_id) if via_relay else _FrameSocket(ws, url)
+            await sock.open()
+            return cls(http, sock)
         await http.close()
         raise DeviceOfflineError("the camera is not reachable (" + "; ".join(failures) + ")")
 
     async def handshake(self, channel: ViewerChannel, timeout_s: float, **context: Any) -> DeviceReady:
         """Sends the hello and returns once the device proved its key (and, pairing, said `paired`)."""
         self._channel = channel
-        await self._ws.send_bytes(channel.start())
+        await self._sock.send(channel.start())
         try:
             async with asyncio.timeout(timeout_s):
                 while True:
                     for output in await self._next_outputs():
                         if isinstance(output, SendFrame):
-                            await self._ws.send_bytes(output.data)
+                            await self._sock.send(output.data)
                         elif isinstance(output, DeviceReady):
                             return output
                         elif isinstance(output, Closed):
                             self.closed = output
-                            raise _error_for(output, pairing=channel.is_pairing, **context)
+                            raise self._error(output, pairing=channel.is_pairing, **context)
         except TimeoutError:
             raise DeviceOfflineError(f"the camera did not answer within {timeout_s:g} s") from None
+
+    def _error(self, closed: Closed, **context: Any) -> ViewerError:
+        sock = self._sock
+        if isinstance(sock, _RelaySocket) and closed.code is None and sock.close_reason is not None:
+            reason = sock.close_reason
+            if reason is relay_protocol.CloseReason.DEVICE_UNAVAILABLE:
+                return DeviceOfflineError(
+                    "the camera is not connected to the relay (offline, or in Local Network Mode)"
+                )
+            if reason is not relay_protocol.CloseReason.CLOSED:
+                return DeviceBusyError(
+                    f"the relay ended the session: {reason.name.lower().replace('_', ' ')}"
+                )
+        return _error_for(closed, **context)
 
     async def _next_outputs(self) -> list[Output]:
         channel = self._channel
         if channel is None:
             raise RuntimeError("no channel")
-        message = await self._ws.receive()
-        if message.type == aiohttp.WSMsgType.BINARY:
-            return channel.feed(message.data)
-        if message.type == aiohttp.WSMsgType.TEXT:
+        try:
+            frame = await self._sock.receive()
+        except ProtocolError:
             return channel.close(ErrorCode.BAD_MESSAGE)
-        return channel.connection_lost()
+        if frame is None:
+            return channel.connection_lost()
+        return channel.feed(frame)
 
     def start_reader(self) -> None:
         self._reader = asyncio.create_task(self._read(), name="petcam-view-reader")
@@ -188,7 +287,7 @@ class _Link:
             for output in await self._next_outputs():
                 if isinstance(output, SendFrame):  # pongs, or our error before closing
                     with contextlib.suppress(ConnectionError, RuntimeError):
-                        await self._ws.send_bytes(output.data)
+                        await self._sock.send(output.data)
                 elif isinstance(output, Received):
                     self._inbox.put_nowait(output.message)
                 elif isinstance(output, Closed):
@@ -196,12 +295,12 @@ class _Link:
                     self._inbox.put_nowait(output)
                     if self.on_closed is not None:
                         self.on_closed(output)
-        await self._ws.close()
+        await self._sock.close()
 
     async def send(self, message: Message) -> None:
         if self._channel is None:
             raise RuntimeError("no channel")
-        await self._ws.send_bytes(self._channel.send(message))
+        await self._sock.send(self._channel.send(message))
 
     async def expect(self, kind: type[_M], timeout_s: float) -> _M:
         """The next message of ``kind`` (others are dropped); raises if the channel ends first."""
@@ -209,7 +308,7 @@ class _Link:
             while True:
                 item = await self._inbox.get()
                 if isinstance(item, Closed):
-                    raise _error_for(item)
+                    raise self._error(item)
                 if isinstance(item, kind):
                     return item
 
@@ -224,8 +323,8 @@ class _Link:
                 for output in channel.close():
                     if isinstance(output, SendFrame):
                         with contextlib.suppress(ConnectionError, RuntimeError):
-                            await self._ws.send_bytes(output.data)
-            await self._ws.close()
+                            await self._sock.send(output.data)
+            await self._sock.close()
             if self._reader is not None:
                 self._reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -241,10 +340,14 @@ async def pair(
     *,
     timeout_s: float = 10.0,
     addresses: tuple[str, ...] | None = None,
+    via: Route = "auto",
+    ssl: Any = None,
 ) -> PairedDevice:
     """Pair with the device of a pairing URL; stores and returns it.
 
-    ``addresses`` overrides the URL's (e.g. a tunnel); they are tried in order either way.
+    ``addresses`` overrides the URL's (e.g. a tunnel); they are tried in order either way, then
+    the relay if the URL names one. ``via`` limits that to the LAN or the relay; ``ssl`` is
+    aiohttp's (a private CA for a private relay).
     """
     try:
         payload = decode_pairing_url(url)
@@ -256,7 +359,13 @@ async def pair(
     except ProtocolError as exc:
         raise ViewerError(str(exc)) from None
     tried = addresses if addresses is not None else payload.addresses
-    link = await _Link.connect(websocket_urls(tried, payload.port), timeout_s)
+    link = await _Link.connect(
+        websocket_urls(tried, payload.port) if via != "relay" else [],
+        timeout_s,
+        relay_url=payload.relay_url if via != "lan" else "",
+        device_id=payload.device_id,
+        ssl=ssl,
+    )
     try:
         ready = await link.handshake(channel, timeout_s, expires_at=payload.expires_at)
     finally:
@@ -298,6 +407,8 @@ class WatchResult:
     path: str | None
     """How media flowed: host (direct), srflx (through NAT) or relay (TURN)."""
     duration_s: float
+    signaling: str = "lan"
+    """How the negotiation travelled: "lan" (the device's own server) or "relay"."""
     width: int | None = None
     height: int | None = None
     ended_by_device: bool = False
@@ -313,6 +424,7 @@ class WatchResult:
             "frames_decoded": self.frames_decoded,
             "fps": round(self.fps, 2),
             "path": self.path,
+            "signaling": self.signaling,
             "duration_s": round(self.duration_s, 3),
             "width": self.width,
             "height": self.height,
@@ -360,6 +472,8 @@ async def watch(
     timeout_s: float = 10.0,
     first_frame_timeout_s: float = 10.0,
     stop: asyncio.Event | None = None,
+    via: Route = "auto",
+    ssl: Any = None,
 ) -> WatchResult:
     """Watch until ``frames`` frames were decoded, ``duration_s`` passed or ``stop`` is set.
 
@@ -369,7 +483,13 @@ async def watch(
     started = time.monotonic()
     identity = await asyncio.to_thread(state.identity)
     channel = ViewerChannel.for_session(identity.private_key, device.device_key)
-    link = await _Link.connect(websocket_urls(device.addresses, device.port), timeout_s)
+    link = await _Link.connect(
+        websocket_urls(device.addresses, device.port) if via != "relay" else [],
+        timeout_s,
+        relay_url=device.relay_url if via != "lan" else "",
+        device_id=device.device_id,
+        ssl=ssl,
+    )
     recorder = Mp4Recorder(record) if record is not None else None
     pc: RTCPeerConnection | None = None
     consumer: asyncio.Task[None] | None = None
@@ -415,6 +535,7 @@ async def watch(
             fps=tally.fps,
             path=path,
             duration_s=time.monotonic() - started,
+            signaling=link.route,
             width=tally.size[0] if tally.size else None,
             height=tally.size[1] if tally.size else None,
             ended_by_device=ended is not None,

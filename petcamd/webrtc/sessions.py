@@ -101,6 +101,10 @@ class SessionManager:
     def settings(self) -> WebRtcSettings:
         return self._settings
 
+    def reconfigure(self, settings: WebRtcSettings) -> None:
+        """New sessions use ``settings`` (a network mode switch); live ones keep what they negotiated."""
+        self._settings = settings
+
     @property
     def sessions(self) -> tuple[SessionStats, ...]:
         return tuple(session.stats() for session in self._sessions.values())
