@@ -48,6 +48,8 @@ class NetworkConfig:
     mode: Literal["local", "internet"] = "local"
     lan_address: str = field(default="0.0.0.0", metadata={"ip": True})  # noqa: S104 - serving the LAN is the point
     lan_port: int = field(default=8080, metadata=bounds(0, 65535))
+    https: bool = False
+    https_port: int = field(default=8443, metadata=bounds(0, 65535))
     relay_url: str = ""
     ice_servers: tuple[str, ...] = ()
     ice_gather_timeout_s: float = field(default=0.5, metadata=bounds(0.05, 10))

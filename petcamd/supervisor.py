@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,9 @@ from petcamd.control.dbus_service import DBusService
 from petcamd.display.framebuffer import DisplayUnavailableError, PairingDisplay
 from petcamd.display.select import create_display
 from petcamd.lifecycle import Component, Stage, StageResult, TaskOwner, run_stages
+from petcamd.netaddr import lan_addresses
 from petcamd.notify import Health, SystemdNotifier, notify_loop
+from petcamd.secure.device_ca import DeviceTls, DeviceTlsError, ensure_device_tls
 from petcamd.secure.identity import IdentityError, load_or_create_identity
 from petcamd.secure.keystore import Keystore, Peer, PeerEvent
 from petcamd.signaling.lan_server import ConnectionLimits, LanServer, LanServerSettings
@@ -191,6 +194,7 @@ class Daemon:
                 camera_description=lambda: source.description,
                 viewers=lambda: len(live_sessions()),
                 lan_port=lambda: lan.port,
+                https_port=lambda: lan.https_port,
                 sessions=lambda: [s.status() for s in live_sessions()],
             ),
             keystore=keystore,
@@ -209,6 +213,7 @@ class Daemon:
         )
         self.signaling = signaling
         self._watch_revocations(keystore, signaling)
+        tls = await self._device_tls(identity.key_id) if config.network.https else None
         lan = LanServer(
             LanServerSettings(
                 address=config.network.lan_address,
@@ -220,6 +225,9 @@ class Daemon:
                 connect_sources=(
                     (websocket_origin(config.network.relay_url),) if config.network.relay_url else ()
                 ),
+                https_port=config.network.https_port if tls else None,
+                ssl_context=tls.ssl_context() if tls else None,
+                ca_certificate=tls.ca_der if tls else None,
             ),
             signaling,
         )
@@ -249,6 +257,22 @@ class Daemon:
             self._started.append((name, component))
             if component is hub:
                 await self._camera_settled(hub, health)
+
+    async def _device_tls(self, device_id: str) -> DeviceTls:
+        network = self.config.network
+        hosts = [*lan_addresses(network.lan_address), f"{socket.gethostname()}.local", "localhost"]
+        try:
+            tls = await asyncio.to_thread(
+                ensure_device_tls,
+                self.config.state.directory / "tls",
+                device_id=device_id,
+                device_name=self.config.device.name,
+                hosts=hosts,
+            )
+        except DeviceTlsError as exc:
+            raise StartupError(f"HTTPS: {exc}") from exc
+        log.info("HTTPS on the LAN: device CA fingerprint (SHA-256) %s", tls.ca_fingerprint)
+        return tls
 
     @staticmethod
     def _watch_revocations(keystore: Keystore, signaling: Signaling) -> None:

@@ -82,6 +82,7 @@ class StatusProbe:
     viewers: Callable[[], int]
     lan_port: Callable[[], int | None]
     sessions: Callable[[], list[dict[str, Any]]] = list  # per-viewer stats, see docs/control.md
+    https_port: Callable[[], int | None] = lambda: None
 
 
 class ModeSwitch(Protocol):
@@ -114,6 +115,8 @@ class Status:
     pairing_active: bool
     pairing_expires_in_s: float | None
     lan_port: int | None
+    https_port: int | None
+    """The LAN server's HTTPS port when the device CA is enabled (network.https), else None."""
     problems: list[str]
     sessions: list[dict[str, Any]]
     relay: dict[str, Any] | None
@@ -180,6 +183,7 @@ class Controller:
             pairing_active=window is not None,
             pairing_expires_in_s=round(window.remaining_s, 1) if window else None,
             lan_port=self._probe.lan_port(),
+            https_port=self._probe.https_port(),
             problems=problems,
             sessions=self._probe.sessions(),
             relay=modes.relay_status() if modes is not None else None,
@@ -257,8 +261,11 @@ class Controller:
         if self.mode == "internet" and network.relay_url:
             origin = relay_origin(network.relay_url)  # the viewer page lives at the relay's origin
         else:
+            # With the device CA enabled the owner has installed it: the page opens over https.
+            https_port = self._probe.https_port()
+            scheme, port = ("https", https_port) if https_port is not None else ("http", port)
             host = addresses[0]
-            origin = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            origin = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
         return encode_pairing_url(origin, payload)
 
     async def set_mode(self, mode: str) -> bool:

@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from petcamd.protocol.messages import MAX_FRAME_LEN, ErrorCode, Frame
+from petcamd.secure.device_ca import CA_DOWNLOAD_PATH
 from petcamd.signaling.negotiator import FrameSender, Negotiator, TransportCloser
 from petcamd.web_static import StaticFiles, header_hook, security_headers
 
@@ -72,6 +74,11 @@ class LanServerSettings:
     """The web viewer's files, served at / when set (routes above take precedence)."""
     connect_sources: tuple[str, ...] = ()
     """WebSocket origins the served page may reach besides this server (the relay's, if any)."""
+    https_port: int | None = None
+    """Also serve everything over HTTPS on this port (the optional device CA; see device_ca.py)."""
+    ssl_context: ssl.SSLContext | None = None
+    ca_certificate: bytes | None = None
+    """The device CA (DER), offered at CA_DOWNLOAD_PATH on both ports so a phone can install it."""
 
 
 class NegotiatorFactory(Protocol):
@@ -149,6 +156,7 @@ class LanServer:
         self._runner: web.AppRunner | None = None
         self._stopping = False
         self.port: int | None = None
+        self.https_port: int | None = None
         self.refused = 0
         """Connections refused by a limit since start (for tests and status)."""
 
@@ -161,6 +169,8 @@ class LanServer:
         app.router.add_get("/healthz", self._health)
         if self._negotiators is not None:
             app.router.add_get(WS_PATH, self._websocket)
+        if self._settings.ca_certificate is not None:
+            app.router.add_get(CA_DOWNLOAD_PATH, self._ca_certificate)
         if self._settings.static_dir is not None:
             app.router.add_get("/{path:.*}", StaticFiles(self._settings.static_dir).handle)
         app.on_response_prepare.append(header_hook(self._security_headers))
@@ -174,11 +184,21 @@ class LanServer:
         host = request.host
         if _HOST.fullmatch(host):
             connect.insert(0, f"{'wss' if request.secure else 'ws'}://{host}")
-        return security_headers(connect, https=request.secure)
+        # No HSTS even over https: it would bind the host name (all ports) to https for a year
+        # and break the plain-http viewer on the same device if the owner turns HTTPS off.
+        return security_headers(connect, https=False)
 
     @staticmethod
     async def _no_server_header(_request: web.Request, response: web.StreamResponse) -> None:
         response.headers.pop("Server", None)  # no software versions to unauthenticated clients
+
+    async def _ca_certificate(self, _request: web.Request) -> web.Response:
+        """Public by nature: a certificate holds no secret. DER, the form phones install."""
+        return web.Response(
+            body=self._settings.ca_certificate,
+            content_type="application/x-x509-ca-cert",
+            headers={"Content-Disposition": 'attachment; filename="petcamd-ca.crt"'},
+        )
 
     async def _health(self, _request: web.Request) -> web.Response:
         body = {"status": "ok", "device_id": self._settings.device_id, "name": self._settings.device_name}
@@ -259,24 +279,22 @@ class LanServer:
         self._stopping = False
         runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
         await runner.setup()
-        family = socket.AF_INET6 if ":" in self._settings.address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        settings = self._settings
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self._settings.address, self._settings.port))
-            sock.listen(64)
-            sock.setblocking(False)  # noqa: FBT003 - socket API
-        except OSError as exc:
-            sock.close()
+            sock = _listen(settings.address, settings.port)
+            await web.SockSite(runner, sock).start()
+            self.port = sock.getsockname()[1]
+            if settings.https_port is not None and settings.ssl_context is not None:
+                tls_sock = _listen(settings.address, settings.https_port)
+                await web.SockSite(runner, tls_sock, ssl_context=settings.ssl_context).start()
+                self.https_port = tls_sock.getsockname()[1]
+        except OSError:
             await runner.cleanup()
-            raise OSError(
-                exc.errno, f"cannot listen on {self._settings.address}:{self._settings.port}: {exc.strerror}"
-            ) from None
-        site = web.SockSite(runner, sock)
-        await site.start()
+            raise
         self._runner = runner
-        self.port = sock.getsockname()[1]
-        log.info("LAN server listening on http://%s:%d/", self._settings.address, self.port)
+        log.info("LAN server listening on http://%s:%d/", settings.address, self.port)
+        if self.https_port is not None:
+            log.info("LAN server listening on https://%s:%d/", settings.address, self.https_port)
 
     async def stop(self) -> None:
         """Close open WebSockets first: aiohttp would otherwise wait for their handlers."""
@@ -287,3 +305,17 @@ class LanServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+
+def _listen(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(64)
+        sock.setblocking(False)  # noqa: FBT003 - socket API
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {address}:{port}: {exc.strerror}") from None
+    return sock
