@@ -57,7 +57,8 @@ async def petcamctl(bus_address: str, *args: str) -> subprocess.CompletedProcess
 
 STATUS_KEYS = {
     "version", "state", "device_id", "name", "mode", "camera", "camera_source", "viewers",
-    "paired_peers", "pairing_active", "pairing_expires_in_s", "lan_port", "https_port", "problems", "sessions", "relay",
+    "paired_peers", "pairing_active", "pairing_expires_in_s", "lan_port", "https_port", "problems",
+    "sessions", "relay",
 }  # fmt: skip
 
 
