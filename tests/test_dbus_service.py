@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from dbus_fast.aio import MessageBus
 from petcamd.config import parse_config
 from petcamd.control.controller import Controller, StatusProbe
 from petcamd.control.dbus_service import BUS_NAME, INTERFACE, OBJECT_PATH, DBusService
+from petcamd.display.console import ConsoleDisplay
 from petcamd.protocol.pairing_url import decode_pairing_url
 from petcamd.secure.keystore import Keystore
 from tests.dbus_daemon import private_bus
@@ -185,3 +187,33 @@ async def test_internet_mode_pairing_url_is_on_the_relay_origin(keystore: Keysto
     assert url.startswith("https://relay.example.org/#v=1&")  # the page's origin, not the device endpoint
     assert decode_pairing_url(url).relay_url == "wss://Relay.Example.org:443/device"
     controller.cancel_pairing()
+
+
+@pytest.mark.timeout(30)
+async def test_the_display_countdown_follows_the_minutes_left(keystore: Keystore) -> None:
+    """The pairing screen is redrawn just after each whole minute, on the console as a one-line update."""
+    stream = io.StringIO()
+    probe = StatusProbe(
+        camera_state=lambda: "idle",
+        camera_description=lambda: "test",
+        viewers=lambda: 0,
+        lan_port=lambda: 8080,
+    )
+    controller = Controller(
+        config=parse_config({"pairing": {"window_s": 60.4}}),
+        device_id="a" * 16,
+        device_key=bytes(32),
+        probe=probe,
+        keystore=keystore,
+        display=ConsoleDisplay(stream),
+    )
+    info = controller.start_pairing()
+    assert "expires in 2 minutes" in stream.getvalue()  # 60.4 s: the second minute has begun
+    assert stream.getvalue().count(info.url) == 1
+    await asyncio.sleep(0.8)  # past the minute boundary at 0.4 s
+    assert stream.getvalue().endswith("The pairing code expires in 1 minute.\n")
+    assert stream.getvalue().count(info.url) == 1  # the QR code is not printed again
+    controller.cancel_pairing()
+    assert stream.getvalue().endswith("Pairing window closed: cancelled.\n")
+    assert controller._countdown_timer is None
+    await controller.stop()

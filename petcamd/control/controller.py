@@ -158,6 +158,7 @@ class Controller:
         self._clock = clock
         self._window: PairingWindow | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
+        self._countdown_timer: asyncio.TimerHandle | None = None
         self.state = "starting"
         self._modes = modes
         self.mode_listeners: list[Callable[[str], None]] = []
@@ -213,6 +214,7 @@ class Controller:
         log.info("pairing window opened for %.0f s", window.lifetime_s)
         if self._display is not None:
             self._display.show_pairing(url, self._config.device.name, window.remaining_s)
+            self._arm_countdown(window)
         return PairingInfo(url=url, expires_at=window.expires_at_wall, remaining_s=window.remaining_s)
 
     def _keystore_refusal(self) -> str | None:
@@ -283,17 +285,15 @@ class Controller:
         except StateWriteError as exc:
             raise StorageError(f"the mode was not changed: {exc}") from None
         if changed:
-            self._redraw_pairing()
+            self._tick_countdown_now()
             for listener in self.mode_listeners:
                 listener(self.mode)
         return changed
 
-    def _redraw_pairing(self) -> None:
-        window, port = self.active_window, self._probe.lan_port()
-        if window is not None and port is not None and self._display is not None:
-            self._display.show_pairing(
-                self.pairing_url(window, port), self._config.device.name, window.remaining_s
-            )
+    def _tick_countdown_now(self) -> None:
+        window = self.active_window
+        if window is not None:
+            self._tick_countdown(window)
 
     def cancel_pairing(self) -> None:
         window = self.active_window
@@ -312,6 +312,26 @@ class Controller:
         if window is self._window:
             self._close_window("paired")
 
+    def _arm_countdown(self, window: PairingWindow) -> None:
+        """Redraw when the minutes left change (just after each whole minute), while the window is open."""
+        if self._countdown_timer is not None:
+            self._countdown_timer.cancel()
+        delay = window.remaining_s % 60 + 0.05
+        if window.remaining_s - delay < 1:
+            self._countdown_timer = None
+            return
+        self._countdown_timer = asyncio.get_running_loop().call_later(delay, self._tick_countdown, window)
+
+    def _tick_countdown(self, window: PairingWindow) -> None:
+        self._countdown_timer = None
+        port = self._probe.lan_port()
+        if window is not self.active_window or port is None or self._display is None:
+            return
+        self._display.show_pairing(
+            self.pairing_url(window, port), self._config.device.name, window.remaining_s
+        )
+        self._arm_countdown(window)
+
     def _arm_expiry(self, window: PairingWindow) -> None:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
@@ -326,6 +346,9 @@ class Controller:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
             self._expiry_timer = None
+        if self._countdown_timer is not None:
+            self._countdown_timer.cancel()
+            self._countdown_timer = None
         log.info("pairing window closed: %s", reason)
         if self._display is not None:
             self._display.clear(reason)
@@ -337,6 +360,7 @@ class Controller:
 
     async def stop(self) -> None:
         self.state = "stopping"
-        if self._expiry_timer is not None:
-            self._expiry_timer.cancel()
-            self._expiry_timer = None
+        for timer in (self._expiry_timer, self._countdown_timer):
+            if timer is not None:
+                timer.cancel()
+        self._expiry_timer = self._countdown_timer = None

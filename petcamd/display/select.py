@@ -46,18 +46,16 @@ class ScreenTerminalDisplay:
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._console = ConsoleDisplay(stream)
+        self._console = ConsoleDisplay(stream, wipe=self.WIPE)
 
     def show_pairing(self, url: str, device_name: str, remaining_s: float) -> None:
         try:
-            self._stream.write(self.WIPE)
             self._console.show_pairing(url, device_name, remaining_s)
         except OSError as exc:
             log.warning("cannot show the pairing code on the terminal: %s", exc)
 
     def clear(self, reason: str) -> None:
         try:
-            self._stream.write(self.WIPE)
             self._console.clear(reason)
         except OSError as exc:
             log.warning("cannot clear the terminal: %s", exc)
