@@ -45,6 +45,7 @@ from petcamd.viewer.state import PairedDevice, ViewerState
 from petcamd.web_static import viewer_web_dir
 from tests.dbus_daemon import private_bus
 from tests.fakes.sources import RecordingSource
+from tests.test_relay_harness import CaptureProxy, ws_frames
 from tests.test_webrtc_harness import wait_for
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
@@ -487,65 +488,6 @@ async def test_idle_handshake_times_out_and_quiet_peers_are_pinged_then_dropped(
 # --- what a LAN observer sees --------------------------------------------------------------------
 
 
-class CapturingProxy:
-    """A loopback TCP proxy in front of the LAN server, recording both directions per connection."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.streams: list[tuple[bytearray, bytearray]] = []  # (viewer -> device, device -> viewer)
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        up, down = bytearray(), bytearray()
-        self.streams.append((up, down))
-        await asyncio.gather(self._pipe(client_r, server_w, up), self._pipe(server_r, client_w, down))
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: bytearray) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                record += data
-                writer.write(data)
-                await writer.drain()
-        with contextlib.suppress(Exception):
-            writer.close()
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
-def websocket_payloads(stream: bytes) -> list[tuple[int, bytes]]:
-    """(opcode, unmasked payload) of each WebSocket frame after the HTTP upgrade."""
-    i = stream.index(b"\r\n\r\n") + 4
-    out: list[tuple[int, bytes]] = []
-    while i + 2 <= len(stream):
-        opcode, masked, length = stream[i] & 0x0F, stream[i + 1] & 0x80, stream[i + 1] & 0x7F
-        i += 2
-        if length == 126:
-            length = int.from_bytes(stream[i : i + 2], "big")
-            i += 2
-        elif length == 127:
-            length = int.from_bytes(stream[i : i + 8], "big")
-            i += 8
-        mask = stream[i : i + 4] if masked else b""
-        i += 4 if masked else 0
-        payload = stream[i : i + length]
-        i += length
-        if mask:
-            payload = bytes(b ^ mask[j % 4] for j, b in enumerate(payload))
-        out.append((opcode, payload))
-    return out
-
-
 def encodings(secret: bytes) -> list[bytes]:
     return [
         secret,
@@ -557,9 +499,8 @@ def encodings(secret: bytes) -> list[bytes]:
 
 @pytest.mark.timeout(90)
 async def test_plain_http_traffic_carries_no_sdp_candidates_or_keys(tmp_path: Path, bus_address: str) -> None:
-    async with running_daemon(tmp_path, bus_address) as daemon:
-        proxy = CapturingProxy(lan_port(daemon))
-        proxy_port = await proxy.start()
+    async with running_daemon(tmp_path, bus_address) as daemon, CaptureProxy(lan_port(daemon)) as proxy:
+        proxy_port = proxy.port
         payload = decode_pairing_url(pairing_url(daemon))
         # The same pairing URL, but pointing at the proxy.
         url = encode_pairing_url(
@@ -569,7 +510,6 @@ async def test_plain_http_traffic_carries_no_sdp_candidates_or_keys(tmp_path: Pa
         device = await pair(state, url, "Observed viewer")
         result = await watch(state, device, frames=20)
         assert result.frames_decoded >= 20
-        await proxy.stop()
 
     device_identity = load_or_create_identity(tmp_path / "device-state" / "device.key")
     viewer_identity = state.identity()
@@ -600,11 +540,11 @@ async def test_plain_http_traffic_carries_no_sdp_candidates_or_keys(tmp_path: Pa
     for up, down in proxy.streams:
         assert up.startswith(b"GET /ws ")
         for stream in (bytes(up), bytes(down)):
-            views = [stream] + [p for _, p in websocket_payloads(stream)]
+            views = [stream] + [p for _, p in ws_frames(stream)]
             for view in views:
                 for needle in texts + secrets_seen:
                     assert needle not in view, needle[:12]
-            for opcode, data in websocket_payloads(stream):
+            for opcode, data in ws_frames(stream):
                 if opcode == 0x2:
                     frame_types.append(Frame.decode(data).type)
     assert FrameType.PAIR_HELLO in frame_types

@@ -251,12 +251,17 @@ class CaptureProxy:
 
 def ws_payloads(stream: bytes) -> list[bytes]:
     """Parse one direction of a WebSocket connection (after its HTTP upgrade) into payloads."""
+    return [payload for _opcode, payload in ws_frames(stream)]
+
+
+def ws_frames(stream: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, unmasked payload) of each WebSocket frame after the HTTP upgrade."""
     end = stream.find(b"\r\n\r\n")
     if end < 0:
         return []
-    data, pos, payloads = stream, end + 4, []
+    data, pos, frames = stream, end + 4, []
     while pos + 2 <= len(data):
-        second = data[pos + 1]
+        opcode, second = data[pos] & 0x0F, data[pos + 1]
         length, pos = second & 0x7F, pos + 2
         if length == 126:
             length, pos = int.from_bytes(data[pos : pos + 2], "big"), pos + 2
@@ -269,5 +274,5 @@ def ws_payloads(stream: bytes) -> list[bytes]:
         pos += length
         if mask:
             payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        payloads.append(payload)
-    return payloads
+        frames.append((opcode, payload))
+    return frames
