@@ -148,6 +148,10 @@ def test_policy_owner_root_and_unprivileged_user(system_bus: tuple[str, Path]) -
         assert "access denied" in denied.stderr
         pairing = petcamctl(address, "pair", "--no-wait", user="nobody")
         assert pairing.returncode == 4
+        for command in (("mode", "internet"), ("nettest",)):  # changes, or connections out: privileged
+            assert petcamctl(address, *command, user="nobody").returncode == 4, command
+        shown = petcamctl(address, "mode", user="nobody")  # reading the mode is status
+        assert shown.returncode == 0, shown.stderr
         assert (
             busctl(
                 address, "introspect", "org.petcamd.Daemon1", "/org/petcamd/Daemon1", user="nobody"
@@ -187,6 +191,7 @@ def test_busctl_introspect_lists_the_interface(system_bus: tuple[str, Path]) -> 
         expected = {
             ".GetStatus": "method", ".StartPairing": "method", ".CancelPairing": "method",
             ".ListPeers": "method", ".RenamePeer": "method", ".RevokePeer": "method",
+            ".GetMode": "method", ".SetMode": "method", ".RunNetworkTest": "method",
             ".State": "property", ".Mode": "property", ".CameraState": "property",
             ".ViewerCount": "property", ".PairingActive": "property",
             ".PairingClosed": "signal", ".PeerPaired": "signal", ".PeerRevoked": "signal",

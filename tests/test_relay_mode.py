@@ -367,3 +367,33 @@ async def test_internet_mode_without_a_relay_url_is_refused_with_a_reason(
         assert daemon.controller is not None
         assert daemon.controller.status().mode == "local"
         assert not (tmp_path / "device-state" / MODE_FILE).exists()  # nothing saved
+
+
+@pytest.mark.timeout(60)
+async def test_petcamctl_nettest_reaches_the_relay_and_gives_a_verdict(
+    tmp_path: Path, bus_address: str
+) -> None:
+    port = free_port()
+    async with (
+        relay_process(tmp_path / "relay", port),
+        running_daemon(tmp_path, bus_address, relay=FAST_RELAY, network=internet(port)),
+    ):
+        result = await petcamctl(bus_address, "nettest")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"Relay  ws://127.0.0.1:{port}/device" in result.stdout
+        assert "Verdict" in result.stdout
+        report = json.loads((await petcamctl(bus_address, "--json", "nettest")).stdout)
+        assert report["relay"]["reachable"] is True
+        assert report["relay"]["origin_ok"] is True
+        assert report["relay"]["rtt_ms"] > 0
+    # The relay is gone: the same test now says so, with exit code 1.
+    failed = await petcamctl_after_stop(tmp_path, bus_address, port)
+    assert failed.returncode == 1
+    assert "XX" in failed.stdout
+
+
+async def petcamctl_after_stop(
+    tmp_path: Path, bus_address: str, port: int
+) -> subprocess.CompletedProcess[str]:
+    async with running_daemon(tmp_path, bus_address, relay=FAST_RELAY, network=internet(port)):
+        return await petcamctl(bus_address, "nettest")

@@ -1,7 +1,7 @@
 """`petcamctl`: the owner's command line, a D-Bus client of petcamd.
 
-Exit codes: 0 success, 1 the daemon refused (message says why), 2 usage, 3 petcamd is not
-running, 4 access denied (not root and not in the petcamd group).
+Exit codes: 0 success, 1 the daemon refused (message says why) or `nettest` found an error, 2 usage,
+3 petcamd is not running, 4 access denied (not root and not in the petcamd group).
 """
 
 from __future__ import annotations
@@ -170,6 +170,15 @@ async def cmd_revoke(iface: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_nettest(iface: Any, args: argparse.Namespace) -> int:
+    if not args.json:
+        print("Testing the relay and the STUN/TURN servers (a few seconds)...", flush=True)
+    report, text = await iface.call_run_network_test()
+    document = json.loads(report)
+    _print_json(document) if args.json else print(text)
+    return EXIT_REFUSED if document["status"] == "error" else EXIT_OK
+
+
 Command = Callable[[Any, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
@@ -199,6 +208,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     mode.add_argument("mode", nargs="?", choices=("local", "internet"))
     mode.set_defaults(run=cmd_mode)
+    commands.add_parser(
+        "nettest", help="test the relay, STUN and TURN servers; say what outside viewers can expect"
+    ).set_defaults(run=cmd_nettest)
     return parser
 
 

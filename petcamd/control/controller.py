@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from petcamd import __version__
 from petcamd.atomic_file import StateWriteError
 from petcamd.config import Config
+from petcamd.control.nettest import NettestReport, NettestSettings, run_nettest
 from petcamd.display.framebuffer import PairingDisplay
 from petcamd.netaddr import lan_addresses
 from petcamd.protocol.pairing_url import PairingPayload, encode_pairing_url
@@ -294,6 +295,11 @@ class Controller:
         window = self.active_window
         if window is not None:
             self._tick_countdown(window)
+
+    async def network_test(self) -> NettestReport:
+        """`petcamctl nettest`: what lies between an outside viewer and this camera. It contacts the
+        configured relay and STUN/TURN servers even in Local Network Mode: the owner asked."""
+        return await run_nettest(NettestSettings.from_config(self._config.network))
 
     def cancel_pairing(self) -> None:
         window = self.active_window

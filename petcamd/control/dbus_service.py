@@ -109,6 +109,12 @@ class DaemonInterface(ServiceInterface):
         except ControlError as exc:
             raise DBusError(ERROR_PREFIX + exc.name, str(exc)) from None
 
+    @method()
+    async def RunNetworkTest(self) -> "ss":  # type: ignore[name-defined]  # noqa: N802, F821
+        """The JSON report (docs/control.md) and the same report as text for people."""
+        report = await self._controller.network_test()
+        return [json.dumps(report.to_dict(), sort_keys=True), report.human()]
+
     @signal()
     def PairingClosed(self, reason: str) -> "s":  # noqa: N802
         """Emitted when a pairing window ends: paired, expired, cancelled or locked."""
