@@ -38,7 +38,7 @@ from petcamd.signaling.relay_client import RelayClient, RelayClientSettings
 from petcamd.web_static import viewer_web_dir, websocket_origin
 from petcamd.webrtc.ice import IceServer
 from petcamd.webrtc.session import SessionState, SessionStats
-from petcamd.webrtc.sessions import SessionManager, WebRtcSettings
+from petcamd.webrtc.sessions import SessionEvent, SessionEventKind, SessionManager, WebRtcSettings
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,17 @@ class Daemon:
             modes=modes,
         )
         self.controller = controller
+        hub.add_state_listener(lambda status: controller.camera_changed(status.state.value))
+
+        def on_session(event: SessionEvent) -> None:
+            if event.kind is SessionEventKind.CONNECTED:
+                controller.viewer_event("connected", event.peer_id, event.session_id)
+            else:
+                controller.viewer_event(
+                    "disconnected", event.peer_id, event.session_id, event.reason or "closed"
+                )
+
+        sessions.add_listener(on_session)
         signaling = Signaling(
             static_private=identity.private_key,
             device_name=config.device.name,

@@ -195,6 +195,7 @@ def test_busctl_introspect_lists_the_interface(system_bus: tuple[str, Path]) -> 
             ".State": "property", ".Mode": "property", ".CameraState": "property",
             ".ViewerCount": "property", ".PairingActive": "property",
             ".PairingClosed": "signal", ".PeerPaired": "signal", ".PeerRevoked": "signal",
+            ".ViewerConnected": "signal", ".ViewerDisconnected": "signal", ".CameraStateChanged": "signal",
         }  # fmt: skip
         for member, kind in expected.items():
             assert members.get(member) == kind, f"{member}: {result.stdout}"

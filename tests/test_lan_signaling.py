@@ -19,11 +19,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from dbus_fast.aio import MessageBus
 from yarl import URL
 
 from petcamd.camera.source import StreamSettings
 from petcamd.camera.synthetic import SyntheticSource
 from petcamd.config import parse_config
+from petcamd.control.dbus_service import BUS_NAME, INTERFACE, OBJECT_PATH
 from petcamd.notify import SystemdNotifier
 from petcamd.protocol.messages import ErrorCode, Frame, FrameType, Ping
 from petcamd.protocol.pairing_url import decode_pairing_url, encode_pairing_url
@@ -72,10 +74,11 @@ async def running_daemon(
     source: RecordingSource | None = None,
     network: dict[str, Any] | None = None,
     relay: RelayClientSettings | None = None,
+    camera: dict[str, Any] | None = None,
 ) -> AsyncIterator[Daemon]:
     config = parse_config(
         {
-            "camera": {"source": "test", "always_on": True},
+            "camera": {"source": "test", "always_on": True, **(camera or {})},
             "network": {"lan_address": "127.0.0.1", "lan_port": 0, **(network or {})},
             "pairing": {"display": "none", "open_when_unpaired": False},
             "viewers": {"max_viewers": max_viewers},
@@ -668,3 +671,47 @@ async def test_daemon_serves_the_web_viewer_with_strict_headers(tmp_path: Path, 
             source = await response.text()
             assert source == (viewer_web_dir() / "js" / "noise.js").read_text()
             assert parse_csp(response.headers["Content-Security-Policy"])["script-src"] == ["'self'"]
+
+
+@pytest.mark.timeout(60)
+async def test_dbus_signals_follow_viewers_and_the_camera(tmp_path: Path, bus_address: str) -> None:
+    """ViewerConnected/Disconnected, CameraStateChanged and PropertiesChanged, on a real bus."""
+    camera = {"always_on": False, "linger_s": 0.2}
+    async with running_daemon(tmp_path, bus_address, camera=camera) as daemon:
+        bus = await MessageBus(bus_address=bus_address).connect()
+        try:
+            introspection = await bus.introspect(BUS_NAME, OBJECT_PATH)
+            proxy = bus.get_proxy_object(BUS_NAME, OBJECT_PATH, introspection)
+            iface: Any = proxy.get_interface(INTERFACE)
+            seen: list[tuple[str, ...]] = []
+            iface.on_viewer_connected(lambda peer, session: seen.append(("connected", peer, session)))
+            iface.on_viewer_disconnected(
+                lambda peer, session, why: seen.append(("disconnected", peer, session, why))
+            )
+            iface.on_camera_state_changed(lambda state: seen.append(("camera", state)))
+            properties: Any = proxy.get_interface("org.freedesktop.DBus.Properties")
+            properties.on_properties_changed(
+                lambda _i, changed, _x: seen.extend(("property", k, str(v.value)) for k, v in changed.items())
+            )
+            assert daemon.hub is not None
+            assert daemon.hub.state.value == "idle"  # on demand: nobody watches yet
+
+            state, device = await paired_viewer(daemon, tmp_path / "viewer")
+            result = await watch(state, device, frames=10)
+            assert result.frames_decoded >= 10
+            await wait_for(
+                lambda: ("camera", "idle") in seen and any(e[0] == "disconnected" for e in seen), 10
+            )
+        finally:
+            bus.disconnect()
+    events = [e for e in seen if e[0] in ("connected", "disconnected")]
+    assert [e[0] for e in events] == ["connected", "disconnected"]
+    assert events[0][1] == device.peer_id
+    assert events[0][2] == events[1][2]  # the same session
+    cameras = [e[1] for e in seen if e[0] == "camera"]
+    assert cameras[0] == "starting"
+    assert "streaming" in cameras
+    assert cameras[-1] == "idle"  # the camera stops once the last viewer left (and the linger)
+    assert ("property", "ViewerCount", "1") in seen
+    assert ("property", "ViewerCount", "0") in seen
+    assert ("property", "CameraState", "streaming") in seen

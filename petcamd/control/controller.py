@@ -163,6 +163,9 @@ class Controller:
         self.state = "starting"
         self._modes = modes
         self.mode_listeners: list[Callable[[str], None]] = []
+        self.viewer_listeners: list[Callable[[str, str, str, str], None]] = []
+        """(event "connected" or "disconnected", peer id, session id, reason)"""
+        self.camera_listeners: list[Callable[[str], None]] = []
 
     @property
     def mode(self) -> str:
@@ -243,6 +246,15 @@ class Controller:
             raise StorageError(str(exc)) from None
         except StateWriteError as exc:
             raise StorageError(f"the change was not saved: {exc}") from None
+
+    def viewer_event(self, event: str, peer_id: str, session_id: str, reason: str = "") -> None:
+        """The supervisor forwards the session manager's connected/disconnected events here."""
+        for listener in self.viewer_listeners:
+            listener(event, peer_id, session_id, reason)
+
+    def camera_changed(self, state: str) -> None:
+        for listener in self.camera_listeners:
+            listener(state)
 
     def _on_peer_event(self, event: str, peer_id: str) -> None:
         for listener in self.peer_listeners:

@@ -54,6 +54,19 @@ class DaemonInterface(ServiceInterface):
         controller.pairing_closed_listeners.append(self._pairing_closed)
         controller.peer_listeners.append(self._peer_event)
         controller.mode_listeners.append(lambda mode: self.emit_properties_changed({"Mode": mode}))
+        controller.viewer_listeners.append(self._viewer_event)
+        controller.camera_listeners.append(self._camera_changed)
+
+    def _viewer_event(self, event: str, peer_id: str, session_id: str, reason: str) -> None:
+        if event == "connected":
+            self.ViewerConnected(peer_id, session_id)
+        else:
+            self.ViewerDisconnected(peer_id, session_id, reason)
+        self.emit_properties_changed({"ViewerCount": self._controller.status().viewers})
+
+    def _camera_changed(self, state: str) -> None:
+        self.CameraStateChanged(state)
+        self.emit_properties_changed({"CameraState": state})
 
     def _pairing_closed(self, reason: str) -> None:
         self.PairingClosed(reason)
@@ -127,6 +140,20 @@ class DaemonInterface(ServiceInterface):
     @signal()
     def PeerRevoked(self, peer_id: str) -> "s":  # noqa: N802
         return peer_id
+
+    @signal()
+    def ViewerConnected(self, peer_id: str, session_id: str) -> "ss":  # type: ignore[name-defined]  # noqa: N802, F821
+        """A viewer's media connection is up (after ICE and DTLS), not merely negotiated."""
+        return [peer_id, session_id]
+
+    @signal()
+    def ViewerDisconnected(self, peer_id: str, session_id: str, reason: str) -> "sss":  # type: ignore[name-defined]  # noqa: N802, F821
+        return [peer_id, session_id, reason]
+
+    @signal()
+    def CameraStateChanged(self, state: str) -> "s":  # noqa: N802
+        """idle, starting, streaming, stalled, restarting, failed, missing (also PropertiesChanged)."""
+        return state
 
     @dbus_property(access=_READ)
     def State(self) -> "s":  # noqa: N802
