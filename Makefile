@@ -8,9 +8,12 @@ VPY := $(VENV)/bin/python
 DEV_DEBS := python3-venv python3-dev dbus-daemon systemd zbar-tools avahi-daemon iproute2
 # Debian's own Python packages: the second test run and the .deb's dependencies (bookworm minimums).
 SYSTEM_DEBS := python3-aiortc python3-av python3-aiohttp python3-cryptography python3-dbus-fast \
-	python3-zeroconf python3-qrcode python3-pil python3-pytest python3-hypothesis
+	python3-zeroconf python3-qrcode python3-pil python3-pytest python3-hypothesis python3-redis
 
-.PHONY: run test test-venv test-system lint system-deps dev-deps clean deb deb-test
+# What only the tests need, not `make run`: a real browser for the web viewer's end-to-end tests.
+TEST_DEBS := chromium
+
+.PHONY: run test test-venv test-system lint system-deps dev-deps test-deps clean deb deb-test
 
 $(VENV)/.installed: pyproject.toml
 	@scripts/ensure-system-deps $(DEV_DEBS)
@@ -25,6 +28,9 @@ dev-deps:
 system-deps:
 	@scripts/ensure-system-deps $(SYSTEM_DEBS)
 
+test-deps:
+	@scripts/ensure-system-deps $(TEST_DEBS)
+
 ## Run petcamd on the synthetic camera in Local Network Mode (session bus, state in ./dev-state).
 run: $(VENV)/.installed
 	@scripts/dev-run
@@ -33,10 +39,10 @@ run: $(VENV)/.installed
 test: test-venv test-system
 
 # pytest exits 5 when it collects no test: not a failure of the code under test.
-test-venv: $(VENV)/.installed
+test-venv: $(VENV)/.installed test-deps
 	$(VPY) -m pytest -p no:cacheprovider || [ $$? -eq 5 ]
 
-test-system: dev-deps system-deps
+test-system: dev-deps system-deps test-deps
 	@scripts/test-system || [ $$? -eq 5 ]
 
 lint: $(VENV)/.installed

@@ -89,9 +89,9 @@ level = "warning"
 
 
 @contextlib.asynccontextmanager
-async def _relay(ctx: Context, config: Path, port: int) -> AsyncIterator[int]:
-    """The relay process, once /healthz answers; yields its pid."""
-    log = ctx.log_dir / "petcam-relay.log"
+async def _relay(ctx: Context, config: Path, port: int, name: str = "petcam-relay") -> AsyncIterator[int]:
+    """The relay process, once /healthz answers; yields its pid. Its log is `name`.log."""
+    log = ctx.log_dir / f"{name}.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with log.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(

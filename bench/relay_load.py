@@ -164,6 +164,7 @@ class RelayLoadRole:
     def __init__(self) -> None:
         self._host = "127.0.0.1"
         self._port = 0
+        self._viewer_port = 0
         self._sockets: list[RawWebSocket] = []
         self._readers: list[asyncio.Task[None]] = []
         self._lanes: list[Lane] = []
@@ -172,8 +173,10 @@ class RelayLoadRole:
         self._pump: asyncio.Task[None] | None = None
         self._payload = b""
 
-    async def op_target(self, port: int) -> Json:
+    async def op_target(self, port: int, viewer_port: int = 0) -> Json:
+        """Devices connect to `port`; viewers to `viewer_port` (another relay instance), or `port` too."""
         self._port = port
+        self._viewer_port = viewer_port or port
         return {}
 
     async def _device(self) -> tuple[RawWebSocket, str]:
@@ -218,7 +221,7 @@ class RelayLoadRole:
         self._payload = os.urandom(max(8, payload_bytes) - 8)
         for _ in range(n):
             device, device_id = await self._device()
-            viewer = await RawWebSocket.connect(self._host, self._port, "/viewer")
+            viewer = await RawWebSocket.connect(self._host, self._viewer_port, "/viewer")
             viewer.send(Connect(1, device_id).encode())
             opened = await device.envelope()
             if not isinstance(opened, Open):

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import fanout, join_time, latency, memory, relay, send_cost, setup_time
+from bench import fanout, join_time, latency, memory, relay, relay_throughput, send_cost, setup_time
 from bench.harness import (
     ROOT,
     Context,
@@ -44,6 +44,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     latency.NAME: latency.run,
     memory.NAME: memory.run,
     relay.NAME: relay.run,
+    relay_throughput.NAME: relay_throughput.run,
 }
 BUDGET_S = {"quick": 60.0, "full": 300.0}
 """Longest any one benchmark may run before it counts as failed."""

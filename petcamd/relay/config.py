@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from petcamd.protocol.relay import MAX_ENVELOPE_LEN, relay_origin
+from petcamd.relay.backplane import check_redis_url
 from petcamd.tomlconfig import ConfigError, bounds, load_file, parse_sections, to_toml_values
 
 __all__ = [
@@ -80,6 +81,12 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BackplaneConfig:
+    redis_url: str = ""
+    """Empty: this instance routes alone (in memory). Otherwise the Redis that instances share."""
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -91,6 +98,7 @@ class RelayConfig:
     limits: LimitsConfig = LimitsConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    backplane: BackplaneConfig = BackplaneConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @property
@@ -151,6 +159,8 @@ def _cross_checks(config: RelayConfig) -> list[str]:
         problems.append("[limits] byte_burst: must be at least max_message_bytes")
     if limits.max_message_bytes > limits.send_queue_bytes:
         problems.append("[limits] send_queue_bytes: must be at least max_message_bytes")
+    if config.backplane.redis_url:
+        problems += check_redis_url(config.backplane.redis_url)
     return problems
 
 

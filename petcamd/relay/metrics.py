@@ -30,6 +30,8 @@ class Metrics:
     registrations: Counter[str] = field(default_factory=Counter)
     """Device registration attempts, by result."""
     devices: Callable[[], int] = lambda: 0
+    backplane_up: Callable[[], bool | None] = lambda: None
+    """Whether the Redis backplane works; None (no metric) for a relay routing alone."""
 
     def render(self) -> str:
         lines: list[str] = []
@@ -48,6 +50,9 @@ class Metrics:
         family("connections", "gauge", "Open WebSocket connections by role.", "role", connections)
         single("devices_registered", "gauge", "Devices registered on this instance.", self.devices())
         single("sessions", "gauge", "Open viewer-device sessions.", self.sessions)
+        backplane = self.backplane_up()
+        if backplane is not None:
+            single("backplane_up", "gauge", "1 while the Redis backplane works, else 0.", int(backplane))
         family("messages_forwarded_total", "counter", "Frames forwarded.", "direction", self.messages)
         family("bytes_forwarded_total", "counter", "Frame bytes forwarded.", "direction", self.bytes)
         family(

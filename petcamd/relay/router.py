@@ -4,11 +4,12 @@ A session joins two :class:`Endpoint` objects: each side holds the other's and c
 for every frame and ``end`` once. Endpoints only queue (they never await), so one slow
 connection cannot stall the one forwarding to it.
 
-:class:`MemoryRouter` serves one relay instance. Running several instances behind a load balancer
-needs a router that also reaches devices registered on other instances, over a message backplane
-such as Redis pub/sub: ``register`` announces the id (evicting an older registration anywhere),
-``connect`` finds the instance holding the device and returns an endpoint that publishes to it.
-The methods are coroutines for that reason even though the in-memory one never waits.
+:class:`MemoryRouter` serves one relay instance (the default). Several instances behind a load
+balancer use :class:`petcamd.relay.backplane.RedisRouter`, which also reaches devices registered
+on other instances over Redis pub/sub: ``register`` announces the id (evicting an older
+registration anywhere), ``connect`` finds the instance holding the device and returns an endpoint
+that publishes to it. The methods are coroutines for that reason even though the in-memory one
+never waits.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ class DeviceHost(Protocol):
 
 
 class Router(Protocol):
+    async def start(self) -> None:
+        """Before the relay accepts connections."""
+        ...
+
+    async def close(self) -> None:
+        """After every connection has ended."""
+        ...
+
     async def register(self, device_id: str, host: DeviceHost) -> None:
         """Route ``device_id`` to ``host`` from now on; any previous host is evicted."""
         ...
@@ -61,6 +70,11 @@ class Router(Protocol):
         """Devices registered through this instance (a metrics gauge)."""
         ...
 
+    @property
+    def backplane_up(self) -> bool | None:
+        """Whether the backplane to other instances works; None when there is none."""
+        ...
+
 
 class MemoryRouter:
     """The routing table of one relay instance: device id to connection, nothing else."""
@@ -71,6 +85,16 @@ class MemoryRouter:
     @property
     def devices(self) -> int:
         return len(self._hosts)
+
+    @property
+    def backplane_up(self) -> bool | None:
+        return None
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
     async def register(self, device_id: str, host: DeviceHost) -> None:
         previous = self._hosts.get(device_id)

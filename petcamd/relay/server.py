@@ -1,8 +1,9 @@
 """petcam-relay's HTTP server: /device, /viewer, /healthz, /metrics and the web viewer's files.
 
-The relay keeps its routing table in memory and writes nothing anywhere: no files, no access log,
-no payloads or keys in its own log (device ids and counts only). Client addresses are used for
-limits and forgotten with them (petcamd.relay.limits).
+The relay keeps its routing table in memory (or, with several instances, shares it through a
+Redis backplane that holds routing keys only: petcamd.relay.backplane) and writes nothing
+anywhere: no files, no access log, no payloads or keys in its own log (device ids and counts
+only). Client addresses are used for limits and forgotten with them (petcamd.relay.limits).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ssl
 from aiohttp import hdrs, web
 
 from petcamd.protocol.relay import CloseCode, relay_origin
+from petcamd.relay.backplane import RedisRouter
 from petcamd.relay.config import RelayConfig
 from petcamd.relay.connection import Connection, ConnectionSettings, Shared
 from petcamd.relay.device import DeviceConnection
@@ -69,8 +71,10 @@ class RelayServer:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
-        self.router: Router = router if router is not None else MemoryRouter()
-        self.metrics = Metrics(devices=lambda: self.router.devices)
+        self.metrics = Metrics(
+            devices=lambda: self.router.devices, backplane_up=lambda: self.router.backplane_up
+        )
+        self.router: Router = router if router is not None else _router(config, self.metrics)
         self._shared = Shared(connection_settings(config), self.router, self.metrics)
         limits = config.limits
         self.addresses = AddressTable(
@@ -101,9 +105,10 @@ class RelayServer:
 
     def status(self) -> str:
         viewers = self.metrics.connections["viewer"]
-        return (
-            f"{self.router.devices} devices, {viewers} viewer connections, {self.metrics.sessions} sessions"
-        )
+        sessions = self.metrics.sessions
+        text = f"{self.router.devices} devices, {viewers} viewer connections, {sessions} sessions"
+        up = self.router.backplane_up
+        return text if up is None else f"{text}, backplane {'up' if up else 'down'}"
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024)
@@ -122,6 +127,7 @@ class RelayServer:
 
     async def start(self) -> None:
         server = self.config.server
+        await self.router.start()
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
         family = socket.AF_INET6 if ":" in server.address else socket.AF_INET
@@ -134,6 +140,7 @@ class RelayServer:
         except OSError as exc:
             sock.close()
             await runner.cleanup()
+            await self.router.close()
             raise OSError(
                 exc.errno, f"cannot listen on {server.address}:{server.port}: {exc.strerror}"
             ) from None
@@ -158,6 +165,7 @@ class RelayServer:
             self._sweeper = None
         if runner is not None:
             await runner.cleanup()
+            await self.router.close()
             log.info("relay stopped")
 
     def reload_tls(self) -> None:
@@ -241,7 +249,11 @@ class RelayServer:
         return ws
 
     async def _health(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        """200 while the instance serves; with a backplane, also whether it reaches other instances."""
+        up = self.router.backplane_up
+        if up is None:
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "ok", "backplane": "up" if up else "down"})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         if not allowed(self._address(request), self._metrics_allow):
@@ -249,6 +261,14 @@ class RelayServer:
         return web.Response(
             body=self.metrics.render().encode("utf-8"), headers={"Content-Type": CONTENT_TYPE}
         )
+
+
+def _router(config: RelayConfig, metrics: Metrics) -> Router:
+    """In memory unless ``[backplane] redis_url`` names a Redis shared with other instances."""
+    url = config.backplane.redis_url
+    if not url:
+        return MemoryRouter()
+    return RedisRouter(url, queue_bytes=config.limits.send_queue_bytes, metrics=metrics)
 
 
 _REFUSALS = {
