@@ -175,13 +175,14 @@ class Daemon:
                 signaling,
                 self.options.relay,
                 ssl=self.options.relay_ssl,
+                on_ice_servers=modes.relay_offered,
             )
 
         modes = NetworkModes(
             configured_mode=config.network.mode,
             state_dir=state_dir,
             sessions=sessions,
-            webrtc_settings=lambda mode: webrtc_settings(config, mode),
+            webrtc_settings=lambda mode, offered: webrtc_settings(config, mode, offered),
             relay_factory=relay_client if relay_url else None,
         )
         self.modes = modes
@@ -379,15 +380,19 @@ class StartupError(Exception):
     """A part the daemon cannot serve without failed to start; the message names it."""
 
 
-def webrtc_settings(config: Config, mode: str | None = None) -> WebRtcSettings:
-    """Local Network Mode gathers host candidates only; internet mode adds the configured STUN servers.
+def webrtc_settings(
+    config: Config, mode: str | None = None, offered: tuple[IceServer, ...] = ()
+) -> WebRtcSettings:
+    """Local Network Mode gathers host candidates only; internet mode adds the configured STUN
+    servers and what the relay offered (STUN, and TURN with short-lived credentials).
 
     ``mode`` overrides the config file's (the owner switched at runtime). Raises ValueError for a
-    server URL that cannot be used (TURN needs credentials the relay issues).
+    configured server URL that cannot be used (TURN needs the credentials the relay issues).
     """
     network = config.network
     local = (mode or network.mode) == "local"
-    servers = () if local else tuple(IceServer(url) for url in network.ice_servers)
+    configured = tuple(IceServer(url) for url in network.ice_servers)
+    servers = () if local else configured + tuple(s for s in offered if s not in configured)
     return WebRtcSettings(
         max_viewers=config.viewers.max_viewers,
         local_network_mode=local,

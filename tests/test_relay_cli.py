@@ -83,6 +83,27 @@ def test_all_errors_at_once_with_did_you_mean(tmp_path: Path) -> None:
     assert len(info.value.problems) == 10
 
 
+def test_turn_settings_are_checked(tmp_path: Path) -> None:
+    base = {"server": {"public_origin": "https://r.example"}}
+    with pytest.raises(ConfigError) as info:
+        parse_config({**base, "turn": {"urls": ["turn:t.example:3478", "http://t.example"]}}, source="r.toml")
+    text = "\n".join(info.value.problems)
+    assert "[turn] urls: 'http://t.example' is not a stun:, stuns:, turn: or turns: URL" in text
+    assert "[turn] secret_file: TURN URLs need the secret shared with the TURN server" in text
+    assert parse_config({**base, "turn": {"urls": ["stun:t.example:3478"]}}).turn.urls  # STUN needs no secret
+    short = tmp_path / "secret"
+    short.write_text("too short\n")
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        '[server]\npublic_origin = "https://r.example"\n'
+        f'[turn]\nurls = ["turn:t.example:3478"]\nsecret_file = "{short}"\n'
+    )
+    result = _run("--config", str(config), "--check-config")
+    assert result.returncode == 2
+    assert "the TURN secret must be at least 16 characters" in result.stderr
+    assert "too short" not in result.stderr + result.stdout  # never the secret itself
+
+
 def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "web").mkdir()
     path = tmp_path / "relay.toml"

@@ -190,3 +190,61 @@ def test_relay_origin(url: str, origin: str) -> None:
 def test_relay_origin_refuses(url: str) -> None:
     with pytest.raises(ValueError, match=r"scheme|host"):
         relay_origin(url)
+
+
+def test_ice_servers_round_trip_and_hide_credentials() -> None:
+    from petcamd.protocol.relay import IceServerEntry, IceServers
+
+    offered = IceServers(
+        (
+            IceServerEntry("stun:turn.example.org:3478"),
+            IceServerEntry("turn:turn.example.org:3478?transport=tcp", "1700000000:viewer", "c2VjcmV0"),
+        ),
+        1700000000,
+    )
+    assert decode_envelope(offered.encode()) == offered
+    assert "c2VjcmV0" not in repr(offered)
+    assert offered.encode()[0] == 0x40
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{}",
+        b'{"servers": [], "expires_at": 1}',
+        b'{"servers": [{"urls": "http://x"}], "expires_at": 1}',
+        b'{"servers": [{"urls": "turn:x"}], "expires_at": 1}',  # TURN without credentials
+        b'{"servers": [{"urls": "stun:x"}], "expires_at": "soon"}',
+        b'{"servers": [{"urls": "stun:x", "username": 5}], "expires_at": 1}',
+        '{"servers": [{"urls": "stun:\u00e9"}], "expires_at": 1}'.encode(),
+        b'{"servers": [{"urls": "stun:x"}], "expires_at": 1' + b"]" * 3,
+        b"[" * 100_000,
+    ],
+)
+def test_malformed_ice_servers_are_envelope_errors(body: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        decode_envelope(b"\x40" + body)
+
+
+def test_turn_credentials_follow_coturns_rest_scheme() -> None:
+    import base64
+    import hashlib
+    import hmac
+
+    from petcamd.relay.turn import TurnIssuer
+
+    now = [1_700_000_000.0]
+    issuer = TurnIssuer(
+        ("stun:t.test:3478", "turns:t.test:443"), b"0123456789abcdef", 3600, clock=lambda: now[0]
+    )
+    offered = issuer.issue("device-abcdefghijklmnop")
+    stun, turn = offered.servers
+    assert stun.username is None
+    assert turn.username == "1700003600:device-abcdefghijklmnop"
+    expected = hmac.new(b"0123456789abcdef", turn.username.encode(), hashlib.sha1).digest()
+    assert turn.credential == base64.b64encode(expected).decode()
+    assert offered.expires_at == 1_700_003_600
+    assert not issuer.stale(offered)
+    now[0] += 1801  # past half the lifetime
+    assert issuer.stale(offered)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import json
 import re
 import urllib.parse
 from collections.abc import Callable
@@ -50,6 +51,8 @@ __all__ = [
     "Envelope",
     "EnvelopeError",
     "EnvelopeType",
+    "IceServerEntry",
+    "IceServers",
     "Open",
     "Register",
     "Registered",
@@ -101,6 +104,8 @@ class EnvelopeType(enum.IntEnum):
     """Either way: one opaque petcamd frame of a session."""
     CLOSE = 0x31
     """Either way: a session ended (or ends), with a reason."""
+    ICE_SERVERS = 0x40
+    """Relay to device or viewer: STUN/TURN servers with short-lived TURN credentials."""
 
 
 class CloseReason(enum.IntEnum):
@@ -328,10 +333,87 @@ class Close:
         return cls(int.from_bytes(body[:CONN_ID_LEN], "big"), reason)
 
 
-Envelope = Challenge | Register | Registered | Connect | Open | Data | Close
+@dataclass(frozen=True, slots=True)
+class IceServerEntry:
+    """One server of an ICE_SERVERS envelope, as RTCIceServer names its fields."""
+
+    url: str
+    username: str | None = None
+    credential: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class IceServers:
+    """Relay to device (after REGISTERED, and again before an OPEN once half their life is over)
+    and to viewer (first message on /viewer, and again before a session when stale).
+
+    The body is a small JSON document: ``{"servers": [{"urls", "username", "credential"}],
+    "expires_at": unix seconds}``; TURN credentials follow coturn's REST scheme and are useless
+    after ``expires_at``. Nothing in it is secret beyond that lifetime, and it tells the relay's
+    clients only what the relay's operator chose to offer.
+    """
+
+    TYPE: ClassVar[EnvelopeType] = EnvelopeType.ICE_SERVERS
+    servers: tuple[IceServerEntry, ...]
+    expires_at: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.servers) <= _MAX_ICE_SERVERS:
+            raise EnvelopeError(f"ICE_SERVERS must name 1 to {_MAX_ICE_SERVERS} servers")
+        for server in self.servers:
+            for text in (server.url, server.username or "", server.credential or ""):
+                if len(text) > _MAX_ICE_TEXT or not _ICE_TEXT.fullmatch(
+                    text.encode("ascii", "replace") or b"x"
+                ):
+                    raise EnvelopeError("ICE_SERVERS entries must be short printable ASCII")
+            if not server.url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise EnvelopeError("ICE_SERVERS urls must be stun:, stuns:, turn: or turns: URLs")
+            if server.url.startswith("turn") and (server.username is None or server.credential is None):
+                raise EnvelopeError("a TURN server needs a username and a credential")
+
+    def encode(self) -> bytes:
+        servers = [{"urls": s.url, "username": s.username, "credential": s.credential} for s in self.servers]
+        body = json.dumps({"servers": servers, "expires_at": self.expires_at}, separators=(",", ":"))
+        return bytes((self.TYPE,)) + body.encode("ascii")
+
+    @classmethod
+    def _decode(cls, body: bytes) -> IceServers:
+        try:
+            document = json.loads(body.decode("ascii"))
+            entries = tuple(
+                IceServerEntry(
+                    str(e["urls"]), _optional_text(e.get("username")), _optional_text(e.get("credential"))
+                )
+                for e in document["servers"]
+            )
+            expires_at = document["expires_at"]
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, RecursionError):
+            raise EnvelopeError("ICE_SERVERS body is not the expected JSON document") from None
+        if isinstance(expires_at, bool) or not isinstance(expires_at, int):
+            raise EnvelopeError("ICE_SERVERS expires_at must be an integer")
+        return cls(entries, expires_at)
+
+    def __repr__(self) -> str:
+        return f"IceServers({[s.url for s in self.servers]}, expires_at={self.expires_at})"
+
+
+_MAX_ICE_SERVERS = 8
+_MAX_ICE_TEXT = 512
+_ICE_TEXT = re.compile(rb"[ -~]+")
+
+
+def _optional_text(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
+
+
+Envelope = Challenge | Register | Registered | Connect | Open | Data | Close | IceServers
 
 _DECODERS: dict[int, Callable[[bytes], Envelope]] = {
-    cls.TYPE: cls._decode for cls in (Challenge, Register, Registered, Connect, Open, Data, Close)
+    cls.TYPE: cls._decode for cls in (Challenge, Register, Registered, Connect, Open, Data, Close, IceServers)
 }
 
 

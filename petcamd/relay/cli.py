@@ -17,7 +17,7 @@ from pathlib import Path
 
 from petcamd import __version__
 from petcamd.notify import Health, SystemdNotifier, notify_loop
-from petcamd.relay.config import SYSTEM_CONFIG_PATH, ConfigError, RelayConfig, load_config
+from petcamd.relay.config import SYSTEM_CONFIG_PATH, ConfigError, RelayConfig, load_config, read_turn_secret
 from petcamd.relay.server import RelayServer
 from petcamd.relay.tls import TlsError, server_ssl_context
 
@@ -62,6 +62,11 @@ def _load(path: Path | None) -> RelayConfig | list[str]:
             server_ssl_context(tls.certificate, tls.private_key)
         except TlsError as exc:
             return [f"{path or SYSTEM_CONFIG_PATH}: {exc}"]
+    if any(url.startswith("turn") for url in config.turn.urls):
+        try:
+            read_turn_secret(config.turn)
+        except (OSError, ValueError) as exc:
+            return [f"[turn] secret_file: {exc}"]
     return config
 
 

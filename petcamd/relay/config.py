@@ -87,6 +87,15 @@ class BackplaneConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnConfig:
+    urls: tuple[str, ...] = ()
+    """STUN/TURN URLs handed to devices and viewers; empty: none (no ICE_SERVERS envelope)."""
+    secret_file: Path | None = None
+    """The secret shared with coturn (`static-auth-secret`), in a file only the relay can read."""
+    ttl_s: int = field(default=86400, metadata=bounds(60, 7 * 86400))
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -99,6 +108,7 @@ class RelayConfig:
     timeouts: TimeoutsConfig = TimeoutsConfig()
     metrics: MetricsConfig = MetricsConfig()
     backplane: BackplaneConfig = BackplaneConfig()
+    turn: TurnConfig = TurnConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @property
@@ -161,7 +171,32 @@ def _cross_checks(config: RelayConfig) -> list[str]:
         problems.append("[limits] send_queue_bytes: must be at least max_message_bytes")
     if config.backplane.redis_url:
         problems += check_redis_url(config.backplane.redis_url)
+    problems += _turn_problems(config.turn)
     return problems
+
+
+def _turn_problems(turn: TurnConfig) -> list[str]:
+    problems = [
+        f"[turn] urls: {url!r} is not a stun:, stuns:, turn: or turns: URL"
+        for url in turn.urls
+        if not url.startswith(("stun:", "stuns:", "turn:", "turns:")) or any(c.isspace() for c in url)
+    ]
+    if any(url.startswith("turn") for url in turn.urls):
+        if turn.secret_file is None:
+            problems.append("[turn] secret_file: TURN URLs need the secret shared with the TURN server")
+        elif not turn.secret_file.is_file():
+            problems.append(f"[turn] secret_file: no such file: {turn.secret_file}")
+    return problems
+
+
+def read_turn_secret(turn: TurnConfig) -> bytes:
+    """The shared secret without surrounding whitespace; raises OSError or ValueError."""
+    if turn.secret_file is None:
+        raise ValueError("[turn] secret_file is not set")
+    secret = turn.secret_file.read_bytes().strip()
+    if len(secret) < 16:
+        raise ValueError(f"{turn.secret_file}: the TURN secret must be at least 16 characters")
+    return secret
 
 
 def config_to_toml_values(config: RelayConfig) -> dict[str, dict[str, Any]]:

@@ -20,6 +20,7 @@ from petcamd.relay.limits import AddressEntry, TokenBucket
 from petcamd.relay.metrics import Metrics
 from petcamd.relay.outbox import Outbox
 from petcamd.relay.router import Router
+from petcamd.relay.turn import TurnIssuer
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class Shared:
     settings: ConnectionSettings
     router: Router
     metrics: Metrics
+    turn: TurnIssuer | None = None
+    """Issues the ICE_SERVERS each client gets; None when the relay offers no STUN/TURN servers."""
 
 
 class Connection:

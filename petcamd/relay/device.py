@@ -23,6 +23,7 @@ from petcamd.protocol.relay import (
     CloseReason,
     Data,
     Envelope,
+    IceServers,
     Open,
     Register,
     Registered,
@@ -53,6 +54,7 @@ class DeviceConnection(Connection):
         self._viewers: dict[int, Endpoint] = {}
         self._next_conn_id = 1
         self._evicted = False
+        self._ice: IceServers | None = None
 
     def rate_scale(self) -> int:
         # One device connection carries up to max_viewers_per_device sessions.
@@ -84,6 +86,7 @@ class DeviceConnection(Connection):
         await self.shared.router.register(device_id, self)
         self.metrics.registrations["accepted"] += 1
         self.outbox.put_control(Registered(device_id).encode())
+        self._offer_ice_servers()
         log.info("device %s registered (%d devices)", device_id, self.shared.router.devices)
 
     def _on_envelope(self, envelope: Envelope) -> None:
@@ -118,8 +121,15 @@ class DeviceConnection(Connection):
         self._next_conn_id += 1
         self._viewers[conn_id] = viewer
         self.metrics.sessions += 1
+        self._offer_ice_servers()  # fresh credentials before a session needs them
         self.outbox.put_control(Open(conn_id).encode())
         return _DeviceSide(self, conn_id)
+
+    def _offer_ice_servers(self) -> None:
+        turn = self.shared.turn
+        if turn is not None and self.device_id is not None and (self._ice is None or turn.stale(self._ice)):
+            self._ice = turn.issue(f"device-{self.device_id}")
+            self.outbox.put_control(self._ice.encode())
 
     def evict(self) -> None:
         self._evicted = True

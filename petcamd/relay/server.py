@@ -18,7 +18,7 @@ from aiohttp import hdrs, web
 
 from petcamd.protocol.relay import CloseCode, relay_origin
 from petcamd.relay.backplane import RedisRouter
-from petcamd.relay.config import RelayConfig
+from petcamd.relay.config import RelayConfig, read_turn_secret
 from petcamd.relay.connection import Connection, ConnectionSettings, Shared
 from petcamd.relay.device import DeviceConnection
 from petcamd.relay.limits import (
@@ -33,6 +33,7 @@ from petcamd.relay.limits import (
 from petcamd.relay.metrics import CONTENT_TYPE, Metrics
 from petcamd.relay.router import MemoryRouter, Router
 from petcamd.relay.tls import server_ssl_context
+from petcamd.relay.turn import TurnIssuer
 from petcamd.relay.viewer import ViewerConnection
 from petcamd.web_static import StaticFiles, header_hook, security_headers, websocket_origin
 
@@ -75,7 +76,7 @@ class RelayServer:
             devices=lambda: self.router.devices, backplane_up=lambda: self.router.backplane_up
         )
         self.router: Router = router if router is not None else _router(config, self.metrics)
-        self._shared = Shared(connection_settings(config), self.router, self.metrics)
+        self._shared = Shared(connection_settings(config), self.router, self.metrics, turn_issuer(config))
         limits = config.limits
         self.addresses = AddressTable(
             AddressLimits(
@@ -276,3 +277,12 @@ _REFUSALS = {
     Refusal.ADDRESS_CONNECTIONS: "too many connections from your address",
     Refusal.ADDRESS_CONNECT_RATE: "too many new connections from your address; slow down",
 }
+
+
+def turn_issuer(config: RelayConfig) -> TurnIssuer | None:
+    """Raises OSError or ValueError when the TURN secret cannot be read (the relay cannot start)."""
+    turn = config.turn
+    if not turn.urls:
+        return None
+    secret = read_turn_secret(turn) if any(url.startswith("turn") for url in turn.urls) else b""
+    return TurnIssuer(turn.urls, secret, turn.ttl_s)

@@ -11,7 +11,7 @@ import logging
 
 from aiohttp import web
 
-from petcamd.protocol.relay import Close, CloseCode, CloseReason, Connect, Data, encode_data
+from petcamd.protocol.relay import Close, CloseCode, CloseReason, Connect, Data, IceServers, encode_data
 from petcamd.relay.connection import Connection, Shared
 from petcamd.relay.limits import AddressEntry
 from petcamd.relay.router import Endpoint
@@ -31,9 +31,11 @@ class ViewerConnection(Connection):
     ) -> None:
         super().__init__(ws, shared, address, transport)
         self._devices: dict[int, Endpoint] = {}
+        self._ice: IceServers | None = None
 
     async def run(self) -> None:
         self._idle()
+        self._offer_ice_servers()
         async for envelope in self.envelopes():
             if isinstance(envelope, Connect):
                 await self._connect(envelope)
@@ -48,7 +50,14 @@ class ViewerConnection(Connection):
                 self.violation(f"{envelope.TYPE.name} from a viewer")
                 return
 
+    def _offer_ice_servers(self) -> None:
+        turn = self.shared.turn
+        if turn is not None and (self._ice is None or turn.stale(self._ice)):
+            self._ice = turn.issue("viewer")
+            self.outbox.put_control(self._ice.encode())
+
     async def _connect(self, connect: Connect) -> None:
+        self._offer_ice_servers()
         conn_id = connect.conn_id
         if conn_id in self._devices:
             self.violation("CONNECT for a connection id in use")

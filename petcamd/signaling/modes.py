@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from petcamd.atomic_file import write_atomic
 from petcamd.signaling.relay_client import RelayClient
+from petcamd.webrtc.ice import IceServer
 from petcamd.webrtc.sessions import WebRtcSettings
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def load_saved_mode(state_dir: Path) -> str | None:
         document = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
         log.error("ignoring %s (using the config file's mode): %s", path, exc)  # noqa: TRY400
         return None
     mode = document.get("mode") if isinstance(document, dict) else None
@@ -74,7 +75,7 @@ class NetworkModes:
         configured_mode: str,
         state_dir: Path,
         sessions: Reconfigurable,
-        webrtc_settings: Callable[[str], WebRtcSettings],
+        webrtc_settings: Callable[[str, tuple[IceServer, ...]], WebRtcSettings],
         relay_factory: Callable[[], RelayClient] | None,
     ) -> None:
         self._configured = configured_mode
@@ -85,6 +86,14 @@ class NetworkModes:
         self.relay: RelayClient | None = None
         self.mode = configured_mode
         self.problem: str | None = None
+        self._offered: tuple[IceServer, ...] = ()
+        """STUN/TURN servers (with credentials) the relay offered; used only in internet mode."""
+
+    def relay_offered(self, servers: tuple[IceServer, ...]) -> None:
+        """The relay client got fresh ICE servers: new sessions use them (internet mode only)."""
+        self._offered = servers
+        if self.mode == "internet":
+            self._sessions.reconfigure(self._webrtc_settings(self.mode, servers))
 
     async def start(self) -> None:
         saved = load_saved_mode(self._state_dir)
@@ -118,7 +127,7 @@ class NetworkModes:
 
     async def _apply(self, mode: str) -> None:
         self.mode = mode
-        self._sessions.reconfigure(self._webrtc_settings(mode))
+        self._sessions.reconfigure(self._webrtc_settings(mode, self._offered if mode == "internet" else ()))
         if mode == "internet" and self._relay_factory is not None:
             if self.relay is None:
                 self.relay = self._relay_factory()

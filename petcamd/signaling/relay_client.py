@@ -29,6 +29,7 @@ from petcamd.protocol.relay import (
     Close,
     CloseCode,
     Data,
+    IceServers,
     Open,
     Registered,
     RelayOriginError,
@@ -38,6 +39,7 @@ from petcamd.protocol.relay import (
 )
 from petcamd.signaling.lan_server import NegotiatorFactory
 from petcamd.signaling.negotiator import Negotiator
+from petcamd.webrtc.ice import IceServer
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ class RelayClient:
         settings: RelayClientSettings | None = None,
         *,
         ssl: Any = None,
+        on_ice_servers: Callable[[tuple[IceServer, ...]], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.relay_url = relay_url
@@ -120,6 +123,9 @@ class RelayClient:
         self.registrations = 0
         self.next_attempt_in_s: float | None = None
         self._registered = asyncio.Event()
+        self._on_ice_servers = on_ice_servers
+        self.ice_servers: IceServers | None = None
+        """The STUN/TURN servers (with TURN credentials) the relay offered last."""
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -143,6 +149,7 @@ class RelayClient:
 
     def status(self) -> dict[str, Any]:
         """Keys documented in docs/control.md (`relay` in the status document)."""
+        offered, wait = self.ice_servers, self.next_attempt_in_s
         return {
             "url": self.relay_url,
             "state": self.state.value,
@@ -150,9 +157,9 @@ class RelayClient:
             "last_error": self.last_error,
             "sessions": len(self._sessions),
             "registrations": self.registrations,
-            "next_attempt_in_s": round(self.next_attempt_in_s, 1)
-            if self.next_attempt_in_s is not None
-            else None,
+            "next_attempt_in_s": round(wait, 1) if wait is not None else None,
+            "ice_servers": [s.url for s in offered.servers] if offered is not None else None,
+            "ice_servers_expire_at": offered.expires_at if offered is not None else None,
         }
 
     def _set_state(self, state: RelayState) -> None:
@@ -264,8 +271,22 @@ class RelayClient:
                 if negotiator is not None:
                     negotiator.connection_lost()
                     self._forget(envelope.conn_id)
+            elif isinstance(envelope, IceServers):
+                self._ice_servers(envelope)
             else:
                 raise ProtocolError(f"unexpected {type(envelope).__name__} from the relay")
+
+    def _ice_servers(self, offered: IceServers) -> None:
+        """New sessions use them from now on (credentials are never logged)."""
+        try:
+            servers = tuple(IceServer(s.url, s.username, s.credential) for s in offered.servers)
+        except ValueError as exc:
+            log.warning("relay: ignoring the ICE servers it offered: %s", exc)
+            return
+        self.ice_servers = offered
+        log.info("relay: offers %d STUN/TURN server(s)", len(servers))
+        if self._on_ice_servers is not None:
+            self._on_ice_servers(servers)
 
     # --- sessions -------------------------------------------------------------------------------
 

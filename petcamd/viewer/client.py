@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from petcamd.protocol import relay as relay_protocol
 from petcamd.protocol.messages import Answer, ErrorCode, Message, Offer, ProtocolError
@@ -157,6 +157,7 @@ class _RelaySocket(_FrameSocket):
         super().__init__(ws, url)
         self._device_id = device_id
         self.close_reason: relay_protocol.CloseReason | None = None
+        self.ice_servers: relay_protocol.IceServers | None = None
 
     async def open(self) -> None:
         await self.ws.send_bytes(relay_protocol.Connect(self.CONN_ID, self._device_id).encode())
@@ -175,6 +176,8 @@ class _RelaySocket(_FrameSocket):
             if isinstance(envelope, relay_protocol.Close) and envelope.conn_id == self.CONN_ID:
                 self.close_reason = envelope.reason
                 return None
+            if isinstance(envelope, relay_protocol.IceServers):
+                self.ice_servers = envelope  # STUN/TURN for this session, credentials included
 
     async def close(self) -> None:
         if not self.ws.closed:
@@ -251,6 +254,18 @@ class _Link:
                             raise self._error(output, pairing=channel.is_pairing, **context)
         except TimeoutError:
             raise DeviceOfflineError(f"the camera did not answer within {timeout_s:g} s") from None
+
+    def rtc_configuration(self) -> RTCConfiguration:
+        """No STUN/TURN on the LAN; through the relay, the servers it offered (TURN for strict NATs)."""
+        sock = self._sock
+        if not isinstance(sock, _RelaySocket) or sock.ice_servers is None:
+            return RTCConfiguration(iceServers=[])
+        return RTCConfiguration(
+            iceServers=[
+                RTCIceServer(urls=s.url, username=s.username, credential=s.credential)
+                for s in sock.ice_servers.servers
+            ]
+        )
 
     def _error(self, closed: Closed, **context: Any) -> ViewerError:
         sock = self._sock
@@ -501,7 +516,7 @@ async def watch(
         link.on_closed = lambda _closed: tally.done.set()
         link.start_reader()
         with decoder_input.routed_to(recorder.write) if recorder else contextlib.nullcontext():
-            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pc = RTCPeerConnection(link.rtc_configuration())
             transceiver = pc.addTransceiver("video", direction="recvonly")
             transceiver.setCodecPreferences(h264_preferences())
 
