@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -65,14 +65,26 @@ def free_port() -> int:
 
 
 class RelayProcess:
-    """`petcam-relay` as its own process on a fixed loopback port, so it can be killed and restarted."""
+    """`petcam-relay` as its own process on a fixed port, so it can be killed and restarted.
 
-    def __init__(self, directory: Path, port: int, public_origin: str) -> None:
+    ``prefix`` runs it through another command (``ip netns exec NS``, with ``address`` there).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        port: int,
+        public_origin: str,
+        *,
+        address: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.port = port
+        self.prefix = tuple(prefix)
         self.config = directory / "relay.toml"
         self.config.write_text(
-            f'[server]\naddress = "127.0.0.1"\nport = {port}\npublic_origin = "{public_origin}"\n'
+            f'[server]\naddress = "{address}"\nport = {port}\npublic_origin = "{public_origin}"\n'
             '[logging]\nlevel = "debug"\n'
         )
         self.proc: asyncio.subprocess.Process | None = None
@@ -81,6 +93,7 @@ class RelayProcess:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
+            *self.prefix,
             sys.executable,
             "-c",
             "import sys; from petcamd.relay.cli import main; sys.exit(main())",
