@@ -1,67 +1,19 @@
-// ViewerChannel's state machine against a minimal device written here with noise.js (the real
-// device is Python: tests/test_web_crypto.py joins the two). Covers what the worked examples do
-// not: errors, ends, pings, and frames out of place.
+// ViewerChannel's state machine against the minimal device of test-device.mjs. Covers what the
+// worked examples do not: errors, ends, pings, and frames out of place.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { ChannelClosedError, ViewerChannel, pskFromSecret } from '../../petcamd/viewer/web/js/channel.js';
+import { ChannelClosedError, ViewerChannel } from '../../petcamd/viewer/web/js/channel.js';
 import { generateIdentity, keyId } from '../../petcamd/viewer/web/js/identity.js';
 import {
   ErrorCode,
   FrameType,
   ProtocolError,
-  decodeFrame,
-  decodeMessage,
   encodeFrame,
-  encodeMessage,
   errorFrame,
-  frameErrorCode,
-  prologue,
 } from '../../petcamd/viewer/web/js/messages.js';
-import { HandshakeState, Pattern } from '../../petcamd/viewer/web/js/noise.js';
-
-const SECRET = new Uint8Array(16).fill(3);
-
-/** The device's half, just enough to drive a viewer: answers the hello, then speaks transport. */
-class TestDevice {
-  constructor() {
-    this.identity = generateIdentity();
-    this.transport = null;
-  }
-
-  payload(secret = SECRET) {
-    return { deviceId: this.identity.keyId, deviceKey: this.identity.publicKey, secret };
-  }
-
-  reply(helloFrame, secret = SECRET) {
-    const frame = decodeFrame(helloFrame);
-    const pairing = frame.type === FrameType.PAIR_HELLO;
-    const handshake = HandshakeState.responder(pairing ? Pattern.IK_PSK2 : Pattern.IK, this.identity.privateKey, {
-      prologue: prologue(frame.type),
-      psk: pairing ? pskFromSecret(secret) : null,
-    });
-    handshake.readMessage(frame.body);
-    this.viewerKey = handshake.remoteStatic;
-    const reply = encodeFrame(FrameType.HANDSHAKE_REPLY, handshake.writeMessage());
-    this.transport = handshake.transport();
-    return reply;
-  }
-
-  send(message) {
-    return encodeFrame(FrameType.TRANSPORT, this.transport.encrypt(encodeMessage(message)));
-  }
-
-  sendRaw(plaintext) {
-    return encodeFrame(FrameType.TRANSPORT, this.transport.encrypt(plaintext));
-  }
-
-  read(frame) {
-    const decoded = decodeFrame(frame);
-    if (decoded.type === FrameType.ERROR) return { t: 'ERROR frame', code: frameErrorCode(decoded) };
-    return decodeMessage(this.transport.decrypt(decoded.body));
-  }
-}
+import { TestDevice } from './test-device.mjs';
 
 const sent = (outputs) => outputs.filter((o) => o.kind === 'send').map((o) => o.data);
 const closed = (outputs) => outputs.find((o) => o.kind === 'closed');
