@@ -116,3 +116,31 @@ test('the viewer endpoint and page origin of a relay URL follow relay_origin()',
   assert.throws(() => relayViewerUrl('wss://user:pw@relay.example.org/'), TypeError);
   assert.throws(() => relayViewerUrl('not a url'), TypeError);
 });
+
+test('reads ICE_SERVERS as the Python encoder writes it, credentials included', () => {
+  // IceServers((stun:t.test:3478), (turn:t.test:3478?transport=tcp, 1700000000:viewer, c2VjcmV0)).encode()
+  const wire =
+    '407b2273657276657273223a5b7b2275726c73223a227374756e3a742e746573743a33343738222c22757365726e616d65223a6e756c6c2c2263726564656e7469616c223a6e756c6c7d2c7b2275726c73223a227475726e3a742e746573743a333437383f7472616e73706f72743d746370222c22757365726e616d65223a22313730303030303030303a766965776572222c2263726564656e7469616c223a226332566a636d5630227d5d2c22657870697265735f6174223a313730303030303030307d';
+  const envelope = decodeEnvelope(hexToBytes(wire));
+  assert.equal(envelope.type, 'ice-servers');
+  assert.equal(envelope.expiresAt, 1700000000);
+  assert.deepEqual(envelope.servers, [
+    { urls: 'stun:t.test:3478' },
+    { urls: 'turn:t.test:3478?transport=tcp', username: '1700000000:viewer', credential: 'c2VjcmV0' },
+  ]);
+});
+
+test('refuses malformed ICE_SERVERS', () => {
+  const bad = [
+    '{}',
+    '{"servers": [], "expires_at": 1}',
+    '{"servers": [{"urls": "http://x"}], "expires_at": 1}',
+    '{"servers": [{"urls": "turn:x"}], "expires_at": 1}',
+    '{"servers": [{"urls": "stun:x"}], "expires_at": "soon"}',
+    'not json',
+  ];
+  for (const body of bad) {
+    const bytes = new Uint8Array([0x40, ...new TextEncoder().encode(body)]);
+    assert.throws(() => decodeEnvelope(bytes), EnvelopeError, body);
+  }
+});

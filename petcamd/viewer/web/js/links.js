@@ -101,6 +101,7 @@ function openSocket(url, timeoutMs) {
 class LanLink {
   onframe = null;
   onclose = null;
+  iceServers = []; // on the LAN: host candidates only, nothing leaves the network
   #ws;
   #closed = false;
 
@@ -136,6 +137,7 @@ class LanLink {
 class RelayLink {
   onframe = null;
   onclose = null;
+  iceServers = []; // what the relay offers (STUN, TURN with short-lived credentials)
   #ws;
   #closed = false;
 
@@ -166,6 +168,10 @@ class RelayLink {
     } catch {
       this.#ended({ relayReason: CloseReason.UNKNOWN });
       this.#ws.close(4000, 'bad envelope');
+      return;
+    }
+    if (envelope.type === 'ice-servers') {
+      this.iceServers = envelope.servers; // for the peer connections of the sessions to come
       return;
     }
     if (envelope.connId !== CONN_ID) return; // nothing else is ours

@@ -29,7 +29,11 @@ export const EnvelopeType = Object.freeze({
   OPEN: 0x21, // relay to device
   DATA: 0x30, // both ways: connection id, one frame
   CLOSE: 0x31, // both ways: connection id, reason
+  ICE_SERVERS: 0x40, // relay to device or viewer: STUN/TURN servers with short-lived credentials
 });
+
+const MAX_ICE_SERVERS = 8;
+const MAX_ICE_TEXT = 512;
 
 /** Why a session ended, in CLOSE. Receivers map numbers they do not know to UNKNOWN. */
 export const CloseReason = Object.freeze({
@@ -126,7 +130,8 @@ function exactly(data, length, name) {
 /**
  * One received envelope as a frozen object: {type: 'data', connId, frame}, {type: 'close', connId,
  * reason}, {type: 'open', connId}, {type: 'connect', connId, deviceId}, {type: 'registered',
- * deviceId}, {type: 'challenge', nonce, relayKey, origin} or {type: 'register', deviceKey, proof}.
+ * deviceId}, {type: 'challenge', nonce, relayKey, origin}, {type: 'register', deviceKey, proof} or
+ * {type: 'ice-servers', servers, expiresAt}.
  * Throws EnvelopeError for anything malformed. A viewer acts only on 'data' and 'close'.
  */
 export function decodeEnvelope(data) {
@@ -185,9 +190,48 @@ export function decodeEnvelope(data) {
         origin: asciiText(originBytes),
       });
     }
+    case EnvelopeType.ICE_SERVERS:
+      return decodeIceServers(data.subarray(1));
     default:
       throw new EnvelopeError(`unknown envelope type 0x${type.toString(16).padStart(2, '0')}`);
   }
+}
+
+/**
+ * ICE_SERVERS: an ASCII JSON body {"servers": [{urls, username, credential}], "expires_at"}, as
+ * petcamd/protocol/relay.py writes and checks it. The result's `servers` are RTCIceServer objects.
+ */
+function decodeIceServers(body) {
+  let document;
+  try {
+    if (body.some((b) => b > 0x7e)) throw new Error('not ASCII');
+    document = JSON.parse(asciiText(body));
+  } catch {
+    throw new EnvelopeError('ICE_SERVERS body is not the expected JSON document');
+  }
+  const list = document?.servers;
+  if (!Array.isArray(list) || list.length < 1 || list.length > MAX_ICE_SERVERS) {
+    throw new EnvelopeError(`ICE_SERVERS must name 1 to ${MAX_ICE_SERVERS} servers`);
+  }
+  if (!Number.isInteger(document.expires_at)) throw new EnvelopeError('ICE_SERVERS expires_at must be an integer');
+  const text = (value, optional) => {
+    if (optional && (value === null || value === undefined)) return undefined;
+    if (typeof value !== 'string' || value.length < 1 || value.length > MAX_ICE_TEXT || !/^[\x20-\x7e]+$/.test(value)) {
+      throw new EnvelopeError('ICE_SERVERS entries must be short printable ASCII');
+    }
+    return value;
+  };
+  const servers = list.map((entry) => {
+    const urls = text(entry?.urls, false);
+    if (!/^(stun|stuns|turn|turns):/.test(urls)) throw new EnvelopeError('ICE_SERVERS urls must be STUN or TURN URLs');
+    const username = text(entry.username, true);
+    const credential = text(entry.credential, true);
+    if (urls.startsWith('turn') && (username === undefined || credential === undefined)) {
+      throw new EnvelopeError('a TURN server needs a username and a credential');
+    }
+    return Object.freeze(username === undefined ? { urls } : { urls, username, credential });
+  });
+  return Object.freeze({ type: 'ice-servers', servers: Object.freeze(servers), expiresAt: document.expires_at });
 }
 
 function asciiText(bytes) {

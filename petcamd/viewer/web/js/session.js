@@ -64,6 +64,11 @@ export class SecureLink {
     return this.#link.endpoint;
   }
 
+  /** STUN/TURN servers for this session's peer connection: none on the LAN, the relay's through it. */
+  get iceServers() {
+    return this.#link.iceServers;
+  }
+
   /** Sends the hello; resolves with the channel's 'ready' output, rejects with the end ({code, ...}). */
   open(timeoutMs = HANDSHAKE_TIMEOUT_MS) {
     const promise = new Promise((resolve, reject) => {
@@ -343,7 +348,7 @@ export class CameraWatch {
   }
 
   async #negotiate(generation, secure, reconnecting) {
-    const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle' });
+    const pc = new RTCPeerConnection({ iceServers: [...secure.iceServers], bundlePolicy: 'max-bundle' });
     const current = {
       secure,
       pc,
