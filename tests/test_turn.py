@@ -75,6 +75,12 @@ async def test_device_and_viewer_allocate_with_the_relays_turn_credentials(
                 )
 
                 assert daemon.controller is not None
+                # `petcamctl nettest` allocates with the same credentials, over UDP and TCP.
+                report = (await daemon.controller.network_test()).to_dict()
+                assert [(t["transport"], t["allocated"]) for t in report["turn"]] == [
+                    ("udp", True),
+                    ("tcp", True),
+                ]
                 state = ViewerState(tmp_path / "viewer")
                 device = await pair(state, daemon.controller.start_pairing().url, "TURN viewer", via="relay")
                 result = await watch(state, device, frames=15, via="relay")

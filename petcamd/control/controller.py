@@ -31,6 +31,7 @@ from petcamd.secure.keystore import (
     UnknownPeerError,
 )
 from petcamd.secure.pairing import PairingClosedError, PairingWindow, WindowState
+from petcamd.webrtc.ice import IceServer
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class ModeSwitch(Protocol):
     async def set_mode(self, mode: str) -> bool: ...
 
     def relay_status(self) -> dict[str, Any] | None: ...
+
+    def offered_ice_servers(self) -> tuple[IceServer, ...]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +314,16 @@ class Controller:
     async def network_test(self) -> NettestReport:
         """`petcamctl nettest`: what lies between an outside viewer and this camera. It contacts the
         configured relay and STUN/TURN servers even in Local Network Mode: the owner asked."""
-        return await run_nettest(NettestSettings.from_config(self._config.network))
+        network = self._config.network
+        offered = self._modes.offered_ice_servers() if self._modes is not None else ()
+        turn = next((server for server in offered if server.is_turn), None)
+        settings = NettestSettings(
+            relay_url=network.relay_url,
+            ice_servers=tuple(dict.fromkeys([*network.ice_servers, *(server.url for server in offered)])),
+            turn_username=turn.username if turn else None,  # the relay's short-lived credentials
+            turn_password=turn.credential if turn else None,
+        )
+        return await run_nettest(settings)
 
     def cancel_pairing(self) -> None:
         window = self.active_window

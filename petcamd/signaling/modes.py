@@ -143,5 +143,8 @@ class NetworkModes:
     async def stop(self) -> None:
         await self._stop_relay()
 
+    def offered_ice_servers(self) -> tuple[IceServer, ...]:
+        return self._offered
+
     def relay_status(self) -> dict[str, Any] | None:
         return self.relay.status() if self.relay is not None else None
