@@ -622,3 +622,73 @@ def test_both_reject_the_same_malformed_pairing_urls(viewer: ViewerDriver, fragm
         decode_pairing_url(url)
     with pytest.raises(DriverError, match="PairingUrlError"):
         viewer.call("url", url=url)
+
+
+# --- the same vectors in a real browser, on an origin without crypto.subtle --------------------
+
+BROWSER_VECTORS = """
+(async () => {
+  const [noise, bytes, check] = await Promise.all([
+    import('/js/noise.js'), import('/js/bytes.js'), import('/test/noise-vector-check.mjs'),
+  ]);
+  const lib = { ...noise, ...bytes };
+  const all = (await (await fetch('/test/vectors.json')).json()).vectors;
+  const names = new Set(Object.values(noise.Pattern).map((p) => p.name));
+  const vectors = all.filter((v) => names.has(v.protocol_name));
+  const failures = [];
+  let checked = 0;
+  for (const vector of vectors) {
+    for (const role of ['initiator', 'responder']) {
+      try { check.checkVector(vector, role, lib); checked++; }
+      catch (e) { failures.push(`${vector.protocol_name} ${role}: ${e.message}`); }
+    }
+  }
+  // The control: a vector with one ciphertext bit flipped must fail, or the check checks nothing.
+  const tampered = structuredClone(vectors[0]);
+  const last = tampered.messages.at(-1);
+  last.ciphertext = (parseInt(last.ciphertext[0], 16) ^ 1).toString(16) + last.ciphertext.slice(1);
+  let controlFailed = false;
+  try { check.checkVector(tampered, 'initiator', lib); } catch { controlFailed = true; }
+  return { checked, failures, controlFailed, secure: isSecureContext, subtle: typeof crypto.subtle };
+})()
+"""
+
+
+@pytest.mark.timeout(90)
+async def test_cacophony_vectors_pass_in_chromium_without_webcrypto(tmp_path: Path) -> None:
+    """The browser runs the very modules the page loads, where a phone on the LAN runs them."""
+    from aiohttp import web
+
+    from petcamd.web_static import StaticFiles, viewer_web_dir
+    from tests.chromium import Chromium
+
+    root = tmp_path / "site"
+    shutil.copytree(viewer_web_dir(), root)
+    (root / "test").mkdir()
+    shutil.copy(REPO / "webtools" / "test" / "noise-vector-check.mjs", root / "test")
+    shutil.copy(REPO / "tests" / "data" / "noise-cacophony-subset.json", root / "test" / "vectors.json")
+    (root / "blank.html").write_text("<!doctype html><title>vectors</title>")
+    app = web.Application()
+    app.router.add_get("/{path:.*}", StaticFiles(root).handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with Chromium.launch(tmp_path, hosts=["petcam.test"]) as browser:
+            page = await browser.new_page(init_scripts=["delete Crypto.prototype.subtle;"])
+            await page.goto(f"http://petcam.test:{port}/blank.html")
+            result = await page.evaluate(BROWSER_VECTORS, await_promise=True)
+    finally:
+        await runner.cleanup()
+    expected = sum(
+        2
+        for v in json.loads((REPO / "tests" / "data" / "noise-cacophony-subset.json").read_text())["vectors"]
+        if v["protocol_name"] in ("Noise_IK_25519_AESGCM_SHA256", "Noise_IKpsk2_25519_AESGCM_SHA256")
+    )
+    assert result["secure"] is False
+    assert result["subtle"] == "undefined"
+    assert result["failures"] == []
+    assert result["checked"] == expected > 0
+    assert result["controlFailed"] is True
