@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from petcamd.signaling.relay_client import RelayState
 from petcamd.viewer.client import DeviceOfflineError, pair, watch
 from petcamd.viewer.state import ViewerState
 from tests.dbus_daemon import private_bus
 from tests.redis_server import RedisServer, redis_server
 from tests.test_lan_signaling import running_daemon
 from tests.test_relay_mode import BACKOFF_CAP_S, FAST_RELAY, RelayProcess, free_port, internet, registered
+from tests.test_webrtc_harness import wait_for
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 
@@ -114,8 +116,11 @@ async def test_a_killed_instance_s_device_registers_on_the_other_within_the_back
                 state = ViewerState(tmp_path / "viewer")
                 device = await pair(state, daemon.controller.start_pairing().url, "Viewer", via="relay")
 
+                client = daemon.modes.relay if daemon.modes is not None else None
+                assert client is not None
                 await instances[0].kill()
                 killed = time.monotonic()
+                await wait_for(lambda: client.state is not RelayState.REGISTERED, 10)  # it noticed
                 await registered(daemon, within=BACKOFF_CAP_S + 10)
                 took = time.monotonic() - killed
                 with capsys.disabled():
