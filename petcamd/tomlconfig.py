@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import tomllib
 import types
 import typing
@@ -42,6 +43,8 @@ def load_file(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: cannot read: {exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays and tables
+        raise ConfigError([f"{path}: not valid TOML: nested too deeply"]) from None
 
 
 def parse_sections(
@@ -128,6 +131,8 @@ def _convert(hint: Any, value: Any, base_dir: Path | None) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"must be a number, not {_toml_type(value)}")
+        if not math.isfinite(value):  # TOML has nan and inf; nan passes every range check
+            raise ValueError(f"must be a finite number, not {value}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -9,11 +9,13 @@ cache keep the pairing page.
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from petcamd.protocol.relay import relay_origin
 
@@ -21,6 +23,7 @@ __all__ = [
     "StaticFiles",
     "content_security_policy",
     "header_hook",
+    "quiet_malformed_requests",
     "security_headers",
     "viewer_web_dir",
     "websocket_origin",
@@ -137,3 +140,23 @@ class StaticFiles:
         if resolved.is_dir():
             resolved = resolved / "index.html"
         return resolved if resolved.is_file() else None
+
+
+def _malformed_request(record: logging.LogRecord) -> bool:
+    """False for aiohttp's record of a request that failed to parse (answered 400 already)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, HttpProcessingError)
+
+
+def quiet_malformed_requests() -> None:
+    """Keep aiohttp from logging every unparsable request at ERROR with a traceback.
+
+    Anyone who can reach the port can send them, as fast as TCP allows and before any per-address
+    limit applies (those count WebSocket connections), and the message may quote the request's
+    bytes: on a device with a small SD card that is a way to flood the journal and bury real
+    errors. aiohttp answers 400 and closes either way; exceptions in handlers are still logged.
+    Idempotent.
+    """
+    server_log = logging.getLogger("aiohttp.server")
+    if _malformed_request not in server_log.filters:
+        server_log.addFilter(_malformed_request)

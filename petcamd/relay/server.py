@@ -35,7 +35,13 @@ from petcamd.relay.router import MemoryRouter, Router
 from petcamd.relay.tls import server_ssl_context
 from petcamd.relay.turn import TurnIssuer
 from petcamd.relay.viewer import ViewerConnection
-from petcamd.web_static import StaticFiles, header_hook, security_headers, websocket_origin
+from petcamd.web_static import (
+    StaticFiles,
+    header_hook,
+    quiet_malformed_requests,
+    security_headers,
+    websocket_origin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +134,7 @@ class RelayServer:
 
     async def start(self) -> None:
         server = self.config.server
+        quiet_malformed_requests()  # junk HTTP from the internet must not flood the journal
         await self.router.start()
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()

@@ -30,7 +30,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from petcamd.protocol.messages import MAX_FRAME_LEN, ErrorCode, Frame
 from petcamd.secure.device_ca import CA_DOWNLOAD_PATH
 from petcamd.signaling.negotiator import FrameSender, Negotiator, TransportCloser
-from petcamd.web_static import StaticFiles, header_hook, security_headers
+from petcamd.web_static import StaticFiles, header_hook, quiet_malformed_requests, security_headers
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +277,7 @@ class LanServer:
 
     async def start(self) -> None:
         self._stopping = False
+        quiet_malformed_requests()
         runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
         await runner.setup()
         settings = self._settings

@@ -17,9 +17,9 @@ import enum
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -480,7 +480,7 @@ class Negotiator:
             self._handshake_timer.cancel()
             self._handshake_timer = None
 
-    def _spawn(self, coro: Awaitable[None], what: str) -> asyncio.Task[None]:
+    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
         async def run() -> None:
             try:
                 await coro
@@ -490,4 +490,8 @@ class Negotiator:
         task = asyncio.create_task(run(), name=f"signaling-{self.label}-{what}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # Frames are fed in a burst: a channel can end (and cancel this task) before the task ever
+        # ran, and `coro` would then be garbage that was never awaited. Closing it is a no-op
+        # once it has run.
+        task.add_done_callback(lambda _task: coro.close())
         return task

@@ -196,7 +196,7 @@ class ViewerState:
 def _decode(raw: bytes) -> list[PairedDevice]:
     try:
         document = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _DamagedError("not valid JSON") from None
     if not isinstance(document, dict) or document.get("version") != FILE_VERSION:
         raise _DamagedError("unknown format or version")

@@ -64,6 +64,8 @@ def check_supported() -> None:
             raise PrivateApiError(f"aiortc.rtp.{name} is gone")
     if not callable(getattr(aiortc_rtp, "unpack_remb_fci", None)):
         raise PrivateApiError("aiortc.rtp.unpack_remb_fci is gone")
+    if "_remote_candidates_end" not in aioice.ice.Connection.__init__.__code__.co_names:
+        raise PrivateApiError("aioice Connection._remote_candidates_end is gone")
     gatherer = getattr(aioice.ice.Connection, "get_component_candidates", None)
     if gatherer is None or "timeout" not in inspect.signature(gatherer).parameters:
         raise PrivateApiError("aioice Connection.get_component_candidates(timeout=) is gone")
@@ -212,6 +214,21 @@ class GatheringGuard:
     def close(self) -> None:
         """Called once the peer connection is closed."""
         self._closed = True
+
+
+def end_connectivity_checks(pc: RTCPeerConnection) -> None:
+    """Let aioice's connectivity checks end with the (closed) peer connection.
+
+    While no remote candidate has arrived (an offer without candidates, from a viewer that
+    trickles them or from none at all), aioice up to 0.8 (Debian bookworm) polls every 20 ms
+    until end-of-candidates, and its close() does not stop that loop: aiortc 1.4's connect task
+    then runs forever, holding the peer connection. Declaring the remote candidates complete ends
+    the loop (the checks fail, as they would have); later aioice versions stop on close anyway.
+    """
+    for connection in _ice_connections(pc):
+        if not hasattr(connection, "_remote_candidates_end"):
+            raise PrivateApiError("aioice Connection._remote_candidates_end is gone")
+        connection._remote_candidates_end = True
 
 
 # --- introspection for session stats ----------------------------------------------------------

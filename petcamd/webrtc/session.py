@@ -171,19 +171,29 @@ class ViewerSession:
         self._sender = transceiver.sender
 
         offer = strip_mdns_candidates(offer_sdp)
+        if "a=fingerprint:" not in offer.sdp:
+            # No DTLS fingerprint, no authenticated media. aiortc 1.4 accepts such an offer and
+            # then fails an assertion in a task of its own once ICE connects.
+            raise NegotiationError("offer has no DTLS fingerprint")
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         except (OperationError, InvalidAccessError) as exc:
             raise NegotiationError(f"offer cannot carry H.264 video: {exc}") from exc
-        except (ValueError, KeyError, IndexError) as exc:
-            raise NegotiationError(f"unusable offer: {exc}") from exc
+        except Exception as exc:
+            # The offer is the viewer's: whatever aiortc's SDP parser raises on it (ValueError,
+            # KeyError, a StopIteration turned RuntimeError, ...) means the offer is unusable.
+            raise NegotiationError(f"unusable offer: {type(exc).__name__}: {exc}") from exc
         self._raise_if_closing()
         if transceiver.mid is None:
             raise NegotiationError("offer has no video section")
         # aiortc < 1.5 reports "connected" after the viewer's DTLS close: watch DTLS itself too.
         self._sender.transport.on("statechange", self._connection_state_changed)
         self._guard = aiortc_private.GatheringGuard(pc, s.gather_timeout_s)
-        await pc.setLocalDescription(await pc.createAnswer())
+        try:
+            answer_description = await pc.createAnswer()
+        except Exception as exc:  # built from the viewer's offer, e.g. a media section with no direction
+            raise NegotiationError(f"no answer to this offer: {type(exc).__name__}: {exc}") from exc
+        await pc.setLocalDescription(answer_description)
         answer: str = pc.localDescription.sdp
         require_h264(answer)
         self._raise_if_closing()
@@ -323,6 +333,7 @@ class ViewerSession:
         if self._pc is not None:
             try:
                 await asyncio.wait_for(self._pc.close(), self._settings.close_timeout_s)
+                aiortc_private.end_connectivity_checks(self._pc)
             except TimeoutError:
                 log.warning("session %s: peer connection did not close in time", self.id)
             except Exception:
