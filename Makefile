@@ -50,6 +50,16 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+.PHONY: soak
+
+## The reliability tests at the issue's scale (500 viewer cycles, 50 camera faults, 20 relay restarts,
+## 50,000 fuzz frames); prints the figures for docs/reliability.md, kept in out/soak/.
+soak: $(VENV)/.installed
+	@rm -rf out/soak
+	PETCAMD_SOAK=1 $(VPY) -m pytest -p no:cacheprovider tests/test_soak.py tests/test_faults.py \
+		tests/test_fuzz_live.py tests/test_resource_limits.py
+	@cat out/soak/*.txt
+
 .PHONY: bench bench-quick
 
 ## Benchmarks, a few minutes: prints the table for docs/performance.md, writes bench/results/latest.json.
@@ -74,6 +84,24 @@ deb:
 deb-test:
 	@scripts/ensure-system-deps $(DEB_BUILD_DEBS) $(DEB_TEST_DEBS)
 	@scripts/deb-test
+
+# The SD-card image (docs/image.md): an arm64 root from Debian's archive built under qemu-user, the
+# project's .deb installed with apt, a FAT boot and ext4 root partition made without mounting.
+IMAGE_PROFILE ?= debian
+IMAGE_DEBS := mmdebstrap qemu-user-static binfmt-support arch-test mtools dosfstools fdisk e2fsprogs xz-utils
+IMAGE_TEST_DEBS := qemu-system-arm mtools fdisk e2fsprogs xz-utils zbar-tools dpkg-dev
+
+.PHONY: image image-test
+
+## out/image/petcamd-<version>-$(IMAGE_PROFILE)-arm64.img.xz and .sha256 (IMAGE_PROFILE=debian or raspios).
+image:
+	@scripts/ensure-system-deps $(DEB_BUILD_DEBS) $(IMAGE_DEBS)
+	@image/build $(IMAGE_PROFILE)
+
+## Read that image's partitions and files, boot it under qemu-system-aarch64 and check the running camera.
+image-test:
+	@scripts/ensure-system-deps $(IMAGE_TEST_DEBS)
+	@scripts/image-test $(IMAGE_PROFILE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
