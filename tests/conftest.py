@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.dbus_daemon import private_bus
 
 ASYNC_TEST_TIMEOUT_S = 120.0
 
@@ -52,3 +56,10 @@ def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
         return ["127.0.0.1"] if use_ipv4 else []
 
     monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_only)
+
+
+@pytest.fixture
+def bus_address(tmp_path: Path) -> Iterator[str]:
+    """A private dbus-daemon (session type) for the test; its address."""
+    with private_bus(tmp_path) as address:
+        yield address

@@ -27,17 +27,10 @@ from petcamd.control.dbus_service import BUS_NAME, INTERFACE, OBJECT_PATH
 from petcamd.notify import SystemdNotifier
 from petcamd.protocol.pairing_url import decode_pairing_url
 from petcamd.supervisor import EXIT_FAILURE, EXIT_OK, Daemon, RunOptions
-from tests.dbus_daemon import private_bus
 from tests.fakes.sources import RecordingSource
 from tests.notify_socket import NotifySocket
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 @pytest.fixture

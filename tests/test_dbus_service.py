@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,6 @@ from petcamd.control.dbus_service import BUS_NAME, INTERFACE, OBJECT_PATH, DBusS
 from petcamd.display.console import ConsoleDisplay
 from petcamd.protocol.pairing_url import decode_pairing_url
 from petcamd.secure.keystore import Keystore
-from tests.dbus_daemon import private_bus
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 class RecordingDisplay:

@@ -7,7 +7,6 @@ import datetime
 import ipaddress
 import ssl
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -18,16 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from petcamd.protocol.pairing_url import decode_pairing_url
 from petcamd.secure.device_ca import CA_DOWNLOAD_PATH, ensure_device_tls
-from tests.dbus_daemon import private_bus
 from tests.test_lan_signaling import lan_port, parse_csp, running_daemon
 
 HOSTS = ["127.0.0.1", "192.168.1.20", "fd00::20", "petcam-ab12.local"]
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 def load(path: Path) -> x509.Certificate:

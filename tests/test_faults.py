@@ -31,7 +31,6 @@ from petcamd.supervisor import Daemon, RunOptions
 from petcamd.viewer.client import ViewerError, pair, watch
 from petcamd.viewer.state import ViewerState
 from tests import full_disk
-from tests.dbus_daemon import private_bus
 from tests.fakes.faulty_camera import FaultyCamera
 from tests.notify_socket import NotifySocket
 from tests.processes import DaemonProcess, daemon_config
@@ -60,12 +59,6 @@ FAULT_HEALTH = HealthSettings(
 """Shorter than the shipped defaults (stall 5 s, backoff 1-30 s, recovery after 30 s, re-probe
 every 30 s) so that 50 faults fit in minutes; the policy (stall -> restart with backoff, MISSING
 -> re-probe, FAILED only after 5 failures in a row) is the shipped one."""
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 @pytest.fixture

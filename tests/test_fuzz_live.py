@@ -40,7 +40,6 @@ from petcamd.protocol.relay import Close, Connect, Data, EnvelopeType, Register,
 from petcamd.secure.channel import DeviceReady, ViewerChannel
 from petcamd.viewer.client import DeviceBusyError, pair, watch
 from petcamd.viewer.state import ViewerState
-from tests.dbus_daemon import private_bus
 from tests.notify_socket import NotifySocket
 from tests.processes import DaemonProcess, daemon_config
 from tests.reliability import (
@@ -69,12 +68,6 @@ RSS_GROWTH_LIMIT_MIB = 32.0
 RSS_LATE_GROWTH_LIMIT_MIB = 4.0
 """...but must level off: growth over the second half of the run, where a leak would keep climbing."""
 FPS = 15
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import statistics
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +45,11 @@ from petcamd.viewer.client import (
 )
 from petcamd.viewer.state import PairedDevice, ViewerState
 from petcamd.web_static import viewer_web_dir
-from tests.dbus_daemon import private_bus
 from tests.fakes.sources import RecordingSource
 from tests.test_relay_harness import CaptureProxy, ws_frames
 from tests.test_webrtc_harness import wait_for
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 def small_camera() -> RecordingSource:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import av
@@ -23,7 +23,6 @@ from petcamd.config import parse_config
 from petcamd.notify import SystemdNotifier
 from petcamd.protocol.pairing_url import decode_pairing_url, encode_pairing_url
 from petcamd.supervisor import Daemon, RunOptions
-from tests.dbus_daemon import private_bus
 from tests.fakes.sources import RecordingSource
 from tests.test_lan_signaling import live_sessions, small_camera
 from tests.test_webrtc_harness import wait_for
@@ -38,12 +37,6 @@ BOOTSTRAP = (
     "from petcamd.viewer.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -15,17 +15,10 @@ import pytest
 
 from petcamd.protocol.pairing_url import decode_pairing_url
 from petcamd.supervisor import Daemon
-from tests.dbus_daemon import private_bus
 from tests.notify_socket import NotifySocket
 from tests.test_daemon import make_daemon, small_source
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 @asynccontextmanager

@@ -19,19 +19,12 @@ import pytest
 from petcamd.signaling.relay_client import RelayState
 from petcamd.viewer.client import DeviceOfflineError, pair, watch
 from petcamd.viewer.state import ViewerState
-from tests.dbus_daemon import private_bus
 from tests.redis_server import RedisServer, redis_server
 from tests.test_lan_signaling import running_daemon
 from tests.test_relay_mode import BACKOFF_CAP_S, FAST_RELAY, RelayProcess, free_port, internet, registered
 from tests.test_webrtc_harness import wait_for
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 @pytest.fixture

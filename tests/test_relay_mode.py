@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,6 @@ from petcamd.signaling.relay_client import RelayClientSettings, RelayState
 from petcamd.supervisor import Daemon
 from petcamd.viewer.client import DeviceOfflineError, pair, watch
 from petcamd.viewer.state import ViewerState
-from tests.dbus_daemon import private_bus
 from tests.test_lan_signaling import encodings, running_daemon
 from tests.test_petcamctl import petcamctl
 from tests.test_relay_harness import CaptureProxy
@@ -49,12 +48,6 @@ FAST_RELAY = RelayClientSettings(
     heartbeat_s=2.0,
 )
 SDP_TEXT = [b"v=0", b"a=candidate", b"candidate", b"typ host", b"ice-ufrag", b"fingerprint", b"H264"]
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 def free_port() -> int:

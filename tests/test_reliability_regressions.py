@@ -10,7 +10,6 @@ import asyncio
 import gc
 import logging
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,19 +17,12 @@ import pytest
 from petcamd.protocol.messages import ErrorCode, FrameType, Offer, Ping
 from petcamd.secure.channel import Closed, Received, ViewerChannel
 from petcamd.webrtc.sessions import SessionManager, WebRtcSettings
-from tests.dbus_daemon import private_bus
 from tests.reliability import without_candidates
 from tests.test_fuzz_live import HTTP_JUNK, RawSocket, ws_frame
 from tests.test_lan_signaling import lan_port, paired_viewer, raw_session, running_daemon
 from tests.test_webrtc_harness import Viewer, running_hub, wait_for
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 @pytest.mark.timeout(60)

@@ -26,7 +26,6 @@ from petcamd.protocol.pairing_url import decode_pairing_url
 from petcamd.secure.channel import ViewerChannel
 from petcamd.viewer.client import pair, watch
 from petcamd.viewer.state import ViewerState
-from tests.dbus_daemon import private_bus
 from tests.notify_socket import NotifySocket
 from tests.processes import DaemonProcess, daemon_config, viewer_process
 from tests.reliability import ChannelViewer, report, scaled, time_limit, unhandled
@@ -39,12 +38,6 @@ pytestmark = pytest.mark.usefixtures("loopback_ice")
 FLOOD_S = scaled(6, 60)
 WORKERS = 8
 PAIRING_WORKERS = 2
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 @pytest.fixture

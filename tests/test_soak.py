@@ -32,7 +32,6 @@ import pytest
 
 from petcamd.viewer.client import pair, watch
 from petcamd.viewer.state import PairedDevice, ViewerState
-from tests.dbus_daemon import private_bus
 from tests.notify_socket import NotifySocket
 from tests.processes import DaemonProcess, daemon_config, viewer_process
 from tests.reliability import (
@@ -69,12 +68,6 @@ KINDS = (
     "clean",
     "ice-closed",
 )
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 @pytest.fixture

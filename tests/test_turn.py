@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,11 @@ import pytest
 from petcamd.viewer.client import pair, watch
 from petcamd.viewer.state import ViewerState
 from tests.coturn import running_coturn
-from tests.dbus_daemon import private_bus
 from tests.test_lan_signaling import running_daemon
 from tests.test_relay_mode import FAST_RELAY, RelayProcess, free_port, internet, registered
 from tests.test_webrtc_harness import wait_for
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 @pytest.mark.timeout(120)

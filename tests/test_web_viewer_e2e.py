@@ -34,7 +34,6 @@ from petcamd.notify import SystemdNotifier
 from petcamd.supervisor import Daemon, RunOptions
 from petcamd.web_static import viewer_web_dir
 from tests.chromium import Chromium, Page
-from tests.dbus_daemon import private_bus
 from tests.netns import Namespace, Topology, in_netns, require_netns
 from tests.test_lan_signaling import small_camera
 from tests.test_relay_mode import FAST_RELAY, RelayProcess, free_port
@@ -66,12 +65,6 @@ INIT_SCRIPTS = (NO_SUBTLE, FRAME_COUNTER)
 
 ICE_ADDRESS = "10.213.0.1"
 """The daemon's and the browser's only address for media, on a veth pair in the test's namespace."""
-
-
-@pytest.fixture
-def bus_address(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
 
 
 @pytest.fixture
