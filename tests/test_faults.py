@@ -60,6 +60,11 @@ FAULT_HEALTH = HealthSettings(
 every 30 s) so that 50 faults fit in minutes; the policy (stall -> restart with backoff, MISSING
 -> re-probe, FAILED only after 5 failures in a row) is the shipped one."""
 
+STALL_S = 3.0
+"""A pause in the stream this long counts as a stall (the issue's recovery bound). The figures
+printed are the measured pauses (0.07-0.47 s here); the bound only has to tell a stall from a busy
+2-core CI machine, not measure performance."""
+
 
 @pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
@@ -228,7 +233,7 @@ async def test_relay_killed_and_restarted_registration_resumes_and_lan_viewers_n
     report(capsys, "faults_relay_restarts", figures)
     assert status["registrations"] == RELAY_RESTARTS + 1
     assert max(reregister) < BACKOFF_CAP_S + 3, figures  # within the backoff cap, plus the connect itself
-    assert gap < 1.0, figures
+    assert gap < STALL_S, figures
 
 
 # --- a full disk ------------------------------------------------------------------------------------
@@ -285,7 +290,7 @@ async def test_disk_full_during_a_pairing_refuses_it_clearly_and_keeps_the_keyst
         assert second.peer_id in (state_dir / "peers.json").read_text()
         await viewer.bye()
     report(capsys, "faults_disk_full", {"stream_longest_gap_while_full_s": round(gap, 3)})
-    assert gap < 1.0
+    assert gap < STALL_S
     assert "Second" not in keystore_before.decode()
 
 
@@ -361,7 +366,7 @@ async def test_wall_clock_jumps_by_hours_cause_no_stall_and_no_expiry(
     report(capsys, "faults_clock_jumps", figures)
     assert skew == [3, -4, 26, -30, 0]  # the daemon really lived through the jumps
     assert code == 0
-    assert gap < 1.0, figures
+    assert gap < STALL_S, figures
     assert not unhandled(log), unhandled(log)[:5]
     assert figures["expired_lines_in_log"] == 0
 
