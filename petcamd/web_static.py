@@ -17,7 +17,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from petcamd.protocol.relay import relay_origin
+from petcamd.protocol.relay import websocket_origin
 
 __all__ = [
     "StaticFiles",
@@ -47,12 +47,6 @@ _TYPES = {
 def viewer_web_dir() -> Path:
     """The web viewer shipped inside the package (petcamd/viewer/web), wherever it is installed."""
     return Path(__file__).resolve().parent / "viewer" / "web"
-
-
-def websocket_origin(origin: str) -> str:
-    """The ws(s) origin of an http(s) origin: what connect-src must name for its WebSockets."""
-    origin = relay_origin(origin)
-    return "wss" + origin[len("https") :] if origin.startswith("https:") else "ws" + origin[len("http") :]
 
 
 def content_security_policy(connect: Sequence[str] = ()) -> str:

@@ -61,6 +61,7 @@ __all__ = [
     "decode_envelope",
     "prove_registration",
     "relay_origin",
+    "websocket_origin",
 ]
 
 KEY_LEN = 32
@@ -459,6 +460,12 @@ def relay_origin(url: str) -> str:
     if len(origin) > MAX_ORIGIN_LEN:
         raise ValueError("origin too long")
     return origin
+
+
+def websocket_origin(url: str) -> str:
+    """The ws(s) origin of a relay or page URL (https → wss): where its WebSockets live."""
+    origin = relay_origin(url)
+    return "wss" + origin[len("https") :] if origin.startswith("https:") else "ws" + origin[len("http") :]
 
 
 def _raw_public(key: X25519PrivateKey) -> bytes:

@@ -36,6 +36,7 @@ from petcamd.protocol.relay import (
     decode_envelope,
     prove_registration,
     relay_origin,
+    websocket_origin,
 )
 from petcamd.signaling.lan_server import NegotiatorFactory
 from petcamd.signaling.negotiator import Negotiator
@@ -78,8 +79,7 @@ class RelayClientSettings:
 
 def device_endpoint(relay_url: str) -> str:
     """``wss://relay.example.org/`` (or https://...) → ``wss://relay.example.org/device``."""
-    origin = relay_origin(relay_url)
-    return ("wss" + origin[len("https") :] if origin.startswith("https:") else "ws" + origin[4:]) + "/device"
+    return websocket_origin(relay_url) + "/device"
 
 
 class _RefusedError(Exception):

@@ -188,8 +188,7 @@ class _RelaySocket(_FrameSocket):
 
 def relay_viewer_url(relay_url: str) -> str:
     """``wss://relay.example.org/`` → ``wss://relay.example.org/viewer``."""
-    origin = relay_protocol.relay_origin(relay_url)
-    return ("wss" + origin[len("https") :] if origin.startswith("https:") else "ws" + origin[4:]) + "/viewer"
+    return relay_protocol.websocket_origin(relay_url) + "/viewer"
 
 
 class _Link:
