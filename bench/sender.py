@@ -42,6 +42,7 @@ from petcamd.camera.hub import FrameHub, HubSettings
 from petcamd.camera.pattern import TestPattern
 from petcamd.camera.source import (
     EncodedFrame,
+    FailureSink,
     FrameFeed,
     FrameSink,
     FrameSubscription,
@@ -124,14 +125,14 @@ class BenchSource(SyntheticSource):
         self.record_entries = False
         self.bytes = 0
 
-    async def start(self, sink: FrameSink) -> None:
+    async def start(self, sink: FrameSink, on_failure: FailureSink | None = None) -> None:
         def entering(frame: EncodedFrame) -> None:
             self.bytes += len(frame.data)
             if self.record_entries:
                 self.entered[frame.timestamp_us] = time.monotonic_ns()
             sink(frame)
 
-        await super().start(entering)
+        await super().start(entering, on_failure)
 
     def _run(self, *args: Any) -> None:
         name_this_thread(CAMERA_THREAD)

@@ -1,4 +1,4 @@
-"""SourceSupervisor policy with scripted sources: start failures, hangs, backoff, watchdog."""
+"""SourceSupervisor policy with scripted sources: start failures, hangs, backoff, unplugging, watchdog."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import time
 from collections.abc import Callable
 
 from petcamd.camera.health import Backoff, CameraState, CameraStatus, HealthSettings, SourceSupervisor
-from petcamd.camera.source import EncodedFrame, EncoderKind, FrameSink, SourceError
+from petcamd.camera.source import (
+    CameraMissingError,
+    EncodedFrame,
+    EncoderKind,
+    FailureSink,
+    FrameSink,
+    SourceError,
+)
 
 FAST = HealthSettings(
     stall_timeout_s=0.3,
@@ -33,7 +40,7 @@ class ScriptedSource:
         self.stops = 0
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, sink: FrameSink) -> None:
+    async def start(self, sink: FrameSink, on_failure: FailureSink | None = None) -> None:
         step = self.script[min(self.starts, len(self.script) - 1)]
         self.starts += 1
         if step == "fail":
@@ -52,6 +59,9 @@ class ScriptedSource:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+    def present(self) -> bool | None:
+        return None
 
     def request_keyframe(self) -> None:
         pass
@@ -122,3 +132,97 @@ async def test_close_during_a_hanging_start_returns_promptly() -> None:
     await supervisor.close()
     assert time.monotonic() - began < 1.0
     assert source.stops == 1
+
+
+class UnpluggableSource(ScriptedSource):
+    """Streams until unplugged, like a USB camera: the capture reports its failure, and starting
+    fails with CameraMissingError until it is back. `can_tell=False` is a source whose present()
+    cannot say (picamera2)."""
+
+    def __init__(self, *, can_tell: bool = True) -> None:
+        super().__init__(["ok"])
+        self.attached = True
+        self.can_tell = can_tell
+        self._on_failure: FailureSink | None = None
+
+    async def start(self, sink: FrameSink, on_failure: FailureSink | None = None) -> None:
+        if not self.attached:
+            self.starts += 1
+            raise CameraMissingError("/dev/video0 does not exist; is the camera plugged in?")
+        await super().start(sink, on_failure)
+        self._on_failure = on_failure
+
+    def unplug(self, *, gone: bool = True) -> None:
+        self.attached = not gone
+        if self._task is not None:
+            self._task.cancel()
+        failed, self._on_failure = self._on_failure, None
+        if failed is not None:
+            failed("[Errno 19] No such device")
+
+    def present(self) -> bool | None:
+        return self.attached if self.can_tell else None
+
+
+SLOW_STALL = HealthSettings(
+    stall_timeout_s=30.0,  # far longer than these tests wait: only the failure report can act
+    first_frame_timeout_s=30.0,
+    backoff_initial_s=0.02,
+    backoff_max_s=0.05,
+    missing_reprobe_s=60.0,
+    presence_poll_s=0.05,
+)
+
+
+async def test_unplugged_camera_is_missing_at_once_and_streams_the_moment_it_is_back() -> None:
+    source = UnpluggableSource()
+    statuses: list[CameraStatus] = []
+    supervisor = SourceSupervisor(source, lambda _: None, SLOW_STALL, on_status=statuses.append)
+    supervisor.start()
+    supervisor.set_wanted(True)
+    await wait_until(lambda: supervisor.state is CameraState.STREAMING)
+    source.unplug()
+    await wait_until(lambda: supervisor.state is CameraState.MISSING)
+    assert "No such device" in supervisor.status.detail
+    assert supervisor.restarts_total == 0  # gone is not broken: no backoff, no step towards FAILED
+    assert supervisor.pipeline_ok()
+    starts = source.starts
+    await asyncio.sleep(0.3)
+    assert source.starts == starts  # absent: present() is asked, start() is not
+    source.attached = True
+    await wait_until(lambda: supervisor.state is CameraState.STREAMING, limit_s=5.0)  # not the 60 s re-probe
+    assert CameraState.FAILED not in {s.state for s in statuses}
+    await supervisor.close()
+
+
+async def test_a_reported_failure_with_the_camera_still_there_restarts_it_without_waiting_for_a_stall() -> (
+    None
+):
+    source = UnpluggableSource()
+    supervisor = SourceSupervisor(source, lambda _: None, SLOW_STALL)
+    supervisor.start()
+    supervisor.set_wanted(True)
+    await wait_until(lambda: supervisor.state is CameraState.STREAMING)
+    source.unplug(gone=False)  # a read error on a camera that is still attached
+    await wait_until(lambda: source.starts == 2)
+    await wait_until(lambda: supervisor.state is CameraState.STREAMING)
+    assert supervisor.restarts_total == 1
+    assert source.stops >= 1
+    await supervisor.close()
+
+
+async def test_a_source_that_cannot_tell_is_re_probed_on_the_timer() -> None:
+    source = UnpluggableSource(can_tell=False)
+    settings = HealthSettings(
+        stall_timeout_s=30.0, backoff_initial_s=0.02, backoff_max_s=0.05, missing_reprobe_s=0.3
+    )
+    supervisor = SourceSupervisor(source, lambda _: None, settings)
+    supervisor.start()
+    supervisor.set_wanted(True)
+    await wait_until(lambda: supervisor.state is CameraState.STREAMING)
+    source.unplug()
+    await wait_until(lambda: supervisor.state is CameraState.MISSING)
+    await wait_until(lambda: source.starts >= 4)  # start() every 0.3 s: the only way to know
+    source.attached = True
+    await wait_until(lambda: supervisor.state is CameraState.STREAMING)
+    await supervisor.close()

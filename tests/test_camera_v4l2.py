@@ -199,3 +199,37 @@ async def test_wedged_usb_camera_is_restarted(recordings: dict[str, Path]) -> No
     assert state(hub) is CameraState.STREAMING
     assert len(camera.opened) == 2
     await hub.stop()
+
+
+async def test_unplugged_usb_camera_is_missing_at_once_and_streams_again_when_plugged_back(
+    recordings: dict[str, Path], tmp_path: Path
+) -> None:
+    camera = camera_with(recordings, "h264")
+    node = tmp_path / "video0"  # present() looks for the node, as it would for /dev/video0
+    node.touch()
+    source = V4l2Source(SETTINGS, str(node), open_input=camera)
+    # A stall timeout far longer than the test: only the capture thread's report can act.
+    hub = FrameHub(
+        source,
+        HubSettings(queue_frames=60, linger_s=0.0, always_on=True),
+        HealthSettings(stall_timeout_s=60.0, first_frame_timeout_s=60.0, presence_poll_s=0.05),
+    )
+    await hub.start()
+    sub = hub.subscribe("viewer")
+    assert await asyncio.wait_for(sub.get(), 3.0)
+    assert source.present()
+    camera.unplugged.set()  # the read fails with ENODEV ...
+    node.unlink()  # ... and udev removes the node
+    await wait_until(lambda: hub.state is CameraState.MISSING)
+    assert "No such device" in hub.status.detail
+    assert not source.present()
+    assert hub.pipeline_ok()  # restarting the daemon would not bring a camera back
+    before = [sub.get_nowait() for _ in range(sub.qsize())]  # queued before the unplug
+    node.touch()
+    camera.unplugged.clear()
+    await wait_until(lambda: hub.state is CameraState.STREAMING)
+    frame = await asyncio.wait_for(sub.get(), 3.0)
+    assert frame.keyframe  # the viewer resumes on an IDR from the reopened camera
+    assert all(frame.timestamp_us > f.timestamp_us for f in before)
+    assert len(camera.opened) == 2
+    await hub.stop()

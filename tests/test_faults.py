@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,15 +112,22 @@ def longest_gap(frames: list[float], start: float, end: float) -> float:
 # --- the camera -----------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(time_limit(120, 1200))
-async def test_camera_wedges_and_unplugs_and_streaming_resumes_each_time_within_3_s(
-    tmp_path: Path, bus_address: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    rng = random.Random()
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # "wedged" or "unplugged"
+    down_s: float  # how long the camera is gone
+    settle_s: float  # streaming this long before the fault
+
+
+async def camera_faults(
+    tmp_path: Path, bus_address: str, health: HealthSettings | None, faults: list[Fault]
+) -> dict[str, Any]:
+    """One viewer watches while the camera fails as planned; the figures, with the time from each
+    camera coming back to the viewer's next frame. `health=None` is what the daemon ships."""
     camera = FaultyCamera(small_synthetic())
-    figures: dict[str, Any] = {"faults": CAMERA_FAULTS}
+    figures: dict[str, Any] = {"faults": len(faults)}
     async with daemon_with(
-        tmp_path, bus_address, state_dir=tmp_path / "state", source=camera, health=FAULT_HEALTH
+        tmp_path, bus_address, state_dir=tmp_path / "state", source=camera, health=health
     ) as daemon:
         assert daemon.controller is not None
         assert daemon.hub is not None
@@ -135,47 +143,92 @@ async def test_camera_wedges_and_unplugs_and_streaming_resumes_each_time_within_
         assert daemon.sessions is not None
         (session,) = daemon.sessions.sessions
         resume: dict[str, list[float]] = {"wedged": [], "unplugged": []}
-        outage: list[float] = []
         watchdog_ok = True
         with measured(figures, "duration_s"):
-            for number in range(CAMERA_FAULTS):
-                kind = "wedged" if number % 2 == 0 else "unplugged"
-                # Healthy long enough for the health policy to call the last restart a recovery.
-                await asyncio.sleep(FAULT_HEALTH.healthy_after_s + 0.3)
+            for number, fault in enumerate(faults):
+                await asyncio.sleep(fault.settle_s)
                 assert daemon.hub.state is CameraState.STREAMING
-                setattr(camera, kind, True)
-                down_for = rng.uniform(0.8, 2.5)  # longer than the stall timeout: restarts happen
-                outage.append(down_for)
-                await asyncio.sleep(down_for)
+                setattr(camera, fault.kind, True)
+                await asyncio.sleep(fault.down_s)
                 watchdog_ok &= daemon.pipeline_health().ok
-                setattr(camera, kind, False)
+                setattr(camera, fault.kind, False)
                 back = time.monotonic()
                 while not [t for t, _, _ in viewer.media.frames if t > back + 0.05]:
-                    assert time.monotonic() - back < RESUME_LIMIT_S + 5, f"fault {number} ({kind}): no video"
+                    assert time.monotonic() - back < RESUME_LIMIT_S + 30, (
+                        f"fault {number} ({fault}): no video"
+                    )
                     assert viewer.closed is None, f"fault {number}: the session ended: {viewer.closed}"
                     await asyncio.sleep(0.02)
                 resumed = next(t for t, _, _ in viewer.media.frames if t > back + 0.05)
-                resume[kind].append(resumed - back)
+                resume[fault.kind].append(resumed - back)
         assert viewer.closed is None
         assert [s.session_id for s in daemon.sessions.sessions] == [session.session_id]  # the same session
         await viewer.bye()
     all_resumes = resume["wedged"] + resume["unplugged"]
+    downs = [fault.down_s for fault in faults]
     figures.update(
         resume_max_s=round(max(all_resumes), 3),
         resume_p50_s=round(percentile(all_resumes, 0.5), 3),
-        resume_wedged_max_s=round(max(resume["wedged"]), 3),
+        resume_wedged_max_s=round(max(resume["wedged"] or [0.0]), 3),
         resume_unplugged_max_s=round(max(resume["unplugged"] or [0.0]), 3),
-        outage_s=f"{min(outage):.1f}-{max(outage):.1f}",
+        outage_s=f"{min(downs):.1f}-{max(downs):.1f}",
         camera_starts=camera.starts,
         refused_starts_while_unplugged=camera.refused_starts,
         states_seen=sorted({s.state.value for s in states}),
+        failed_state_seen=CameraState.FAILED in {s.state for s in states},
         watchdog_ok_throughout=watchdog_ok,
     )
+    return figures
+
+
+@pytest.mark.timeout(time_limit(120, 1200))
+async def test_camera_wedges_and_unplugs_and_streaming_resumes_each_time_within_3_s(
+    tmp_path: Path, bus_address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random()
+    # Healthy long enough before each fault for the policy to call the last restart a recovery;
+    # down longer than the stall timeout, so that restarts happen.
+    faults = [
+        Fault(
+            "wedged" if n % 2 == 0 else "unplugged", rng.uniform(0.8, 2.5), FAULT_HEALTH.healthy_after_s + 0.3
+        )
+        for n in range(CAMERA_FAULTS)
+    ]
+    figures = await camera_faults(tmp_path, bus_address, FAULT_HEALTH, faults)
     report(capsys, "faults_camera", figures)
-    assert max(all_resumes) <= RESUME_LIMIT_S, figures
-    assert CameraState.FAILED not in {s.state for s in states}  # never given up: no daemon restart
-    assert CameraState.MISSING in {s.state for s in states} or CAMERA_FAULTS < 2
-    assert watchdog_ok
+    assert figures["resume_max_s"] <= RESUME_LIMIT_S, figures
+    assert not figures["failed_state_seen"]  # never given up: no daemon restart
+    assert "missing" in figures["states_seen"] or CAMERA_FAULTS < 2
+    assert figures["watchdog_ok_throughout"]
+
+
+@pytest.mark.timeout(time_limit(150, 900))
+async def test_camera_faults_with_the_shipped_health_settings_resume_within_3_s(
+    tmp_path: Path, bus_address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The daemon's own defaults (stall after 5 s, backoff from 1 s): wedges and unplugs shorter
+    and longer than the stall timeout. An unplug is reported by the capture at once and the
+    camera's return is noticed by present(), so no timer stands between the replug and video."""
+    rng = random.Random()
+    shipped = HealthSettings()
+    faults = []
+    for round_number in range(scaled(1, 5)):
+        # The long wedge ending each round is one restart, a step towards FAILED until frames have
+        # flowed for healthy_after_s (30 s): the next round waits that out first.
+        settle_s = shipped.healthy_after_s + 1.0 if round_number else 1.0
+        faults += [
+            Fault("wedged", rng.uniform(1.0, 3.0), settle_s),  # under the stall timeout: no restart
+            Fault("unplugged", rng.uniform(0.8, 2.5), 1.0),
+            Fault("unplugged", rng.uniform(6.0, 9.0), 1.0),  # past the stall timeout
+            Fault("wedged", rng.uniform(6.0, 8.0), 1.0),  # past it: stall, restart with backoff
+        ]
+    figures = await camera_faults(tmp_path, bus_address, None, faults)
+    figures["health"] = "shipped defaults"
+    report(capsys, "faults_camera_shipped_health", figures)
+    assert figures["resume_max_s"] <= RESUME_LIMIT_S, figures
+    assert not figures["failed_state_seen"]
+    assert "missing" in figures["states_seen"]
+    assert figures["watchdog_ok_throughout"]
 
 
 # --- the relay ------------------------------------------------------------------------------------

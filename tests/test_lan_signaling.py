@@ -428,6 +428,45 @@ async def test_bad_frames_and_floods_leave_other_viewers_streaming(
 
 
 @pytest.mark.timeout(60)
+async def test_at_the_total_limit_the_oldest_unauthenticated_connection_makes_room(
+    tmp_path: Path, bus_address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Connections from many addresses that never authenticate fill the total limit; a paired
+    viewer still gets in at once (not after the 10 s handshake timeout frees a slot), and the
+    streaming viewer never notices."""
+    caplog.set_level(logging.INFO)
+    limits = ConnectionLimits(max_connections=4)
+    async with running_daemon(tmp_path, bus_address, limits=limits) as daemon:
+        port = lan_port(daemon)
+        assert daemon.lan is not None
+        state, device = await paired_viewer(daemon, tmp_path / "viewer")
+        watching = asyncio.create_task(watch(state, device, duration_s=4))
+        assert await wait_for(lambda: live_sessions(daemon) == 1, 10)
+        idle = [await RawConnection.open(port, local_host=f"127.0.3.{n}") for n in range(1, 7)]
+        # Four slots: the streaming viewer's and three idle ones; each newer idle one made room.
+        assert daemon.lan.evicted == 3
+        for conn in idle[:3]:  # the oldest, told why
+            reply = await conn.receive_frame()
+            assert reply is not None
+            assert reply.error_code is ErrorCode.RATE_LIMITED
+            assert await conn.closed_within(3)
+        for conn in idle[3:]:
+            with pytest.raises(TimeoutError):
+                await conn.receive_frame(within=0.2)  # still open: nothing to say yet
+        result = await watch(state, device, frames=5)
+        assert result.frames_decoded >= 5
+        assert daemon.lan.evicted == 4
+        assert not watching.done()
+        streamed = await watching
+        assert streamed.frames_decoded >= 0.8 * 15 * 3
+        assert not streamed.ended_by_device
+        for conn in idle:
+            await conn.close()
+    assert "closing the oldest unauthenticated one" in caplog.text
+    assert caplog.text.count("closing the oldest unauthenticated one") == 1  # then only counted
+
+
+@pytest.mark.timeout(60)
 async def test_idle_handshake_times_out_and_quiet_peers_are_pinged_then_dropped(
     tmp_path: Path, bus_address: str
 ) -> None:

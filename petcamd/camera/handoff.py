@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from petcamd.camera.source import EncodedFrame, FrameSink
+from petcamd.camera.source import EncodedFrame, FailureSink, FrameSink
 
 log = logging.getLogger(__name__)
 
@@ -18,3 +18,13 @@ def hand_over(loop: asyncio.AbstractEventLoop, sink: FrameSink, frame: EncodedFr
         log.debug("event loop closed; frame from a capture thread dropped")
         return False
     return True
+
+
+def report_failure(loop: asyncio.AbstractEventLoop, on_failure: FailureSink | None, reason: str) -> None:
+    """Tell the source's owner, on the loop's thread, that capture died on its own."""
+    if on_failure is None:
+        return
+    try:
+        loop.call_soon_threadsafe(on_failure, reason)
+    except RuntimeError:
+        log.debug("event loop closed; capture failure not reported: %s", reason)

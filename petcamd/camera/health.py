@@ -4,8 +4,13 @@ picamera2 has no error callback and a USB camera can wedge silently, so "no fram
 while capture should run" is the only reliable failure signal. Restarts back off exponentially with
 jitter; after `max_restarts` consecutive failures the state becomes FAILED and `pipeline_ok()` turns
 False, so the supervisor stops the systemd watchdog pings and systemd restarts the whole daemon.
-A camera that is simply absent is MISSING instead: a clear state with a slow re-probe, never a crash
-loop, and the watchdog keeps being fed because restarting the daemon would not conjure a camera.
+A camera that is simply absent is MISSING instead: a clear state, never a crash loop, and the
+watchdog keeps being fed because restarting the daemon would not conjure a camera. While MISSING,
+a source that can tell (`present()`, e.g. /dev/videoN exists) is asked twice a second and started
+the moment its camera is back; one that cannot is re-probed by starting it every 30 s.
+A source that reports its capture died (`on_failure`, e.g. the USB camera was unplugged) is
+restarted at once rather than after the stall timeout; if its camera is gone, that is MISSING
+too and counts as no failure.
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ class HealthSettings:
     backoff_max_s: float = 30.0
     max_restarts: int = 5  # consecutive failures before FAILED
     healthy_after_s: float = 30.0  # a restart counts as a recovery once frames flowed this long
-    missing_reprobe_s: float = 30.0
+    missing_reprobe_s: float = 30.0  # for sources whose present() cannot tell
+    presence_poll_s: float = 0.5  # for sources that can
 
 
 class Backoff:
@@ -124,6 +130,7 @@ class SourceSupervisor:
         self._failures = 0
         self._gave_up = False
         self._failure_detail = ""
+        self._source_failed: str | None = None  # what the running source reported, if it did
         self._streaming_since = 0.0
         self.last_frame_at: float | None = None
         self.frames_total = 0
@@ -196,13 +203,18 @@ class SourceSupervisor:
                     continue
                 outcome = await self._start_source()
                 if outcome == "missing":
-                    await self._sleep(self.settings.missing_reprobe_s, until=self._unwanted)
+                    await self._await_camera()
                     continue
                 if outcome == "started":
                     outcome = await self._watch()
-                    if outcome != "stalled":
+                    if outcome not in ("stalled", "failed"):
                         continue  # unwanted or closed: handled at the top of the loop
                 await self._stop_source()
+                if outcome == "failed" and self.source.present() is False:
+                    log.warning("camera gone: %s", self._failure_detail)
+                    self._set(CameraState.MISSING, self._failure_detail)
+                    await self._await_camera()
+                    continue
                 await self._back_off(outcome)
         except Exception:
             log.exception("camera supervisor crashed")
@@ -219,13 +231,19 @@ class SourceSupervisor:
         self._generation += 1
         generation = self._generation
         self._got_frame = False
+        self._source_failed = None
 
         def on_frame(frame: EncodedFrame) -> None:
             if generation == self._generation:
                 self._frame_arrived(frame)
 
+        def on_failure(reason: str) -> None:
+            if generation == self._generation and self._source_failed is None:
+                self._source_failed = reason or "capture ended"
+                self._changed.set()
+
         try:
-            await asyncio.wait_for(self.source.start(on_frame), self.settings.start_timeout_s)
+            await asyncio.wait_for(self.source.start(on_frame, on_failure), self.settings.start_timeout_s)
         except CameraMissingError as exc:
             log.warning("camera missing: %s", exc)
             await self._stop_quietly()
@@ -242,10 +260,16 @@ class SourceSupervisor:
         return "started"
 
     async def _watch(self) -> str:
-        """Wait while frames flow; returns "stalled", or "changed" when wanted/closed changed."""
+        """Wait while frames flow: "stalled", "failed" (the source said so), or "changed" when
+        wanted/closed changed."""
         while True:
             if self._closed or not self._wanted:
                 return "changed"
+            if self._source_failed is not None:
+                self._failure_detail = f"capture failed: {self._source_failed}"
+                log.warning("camera %s", self._failure_detail)
+                self._set(CameraState.STALLED, self._failure_detail)
+                return "failed"
             if self._got_frame and self.last_frame_at is not None:
                 deadline = self.last_frame_at + self.settings.stall_timeout_s
                 if self._failures or self._gave_up:
@@ -307,6 +331,24 @@ class SourceSupervisor:
         self._gave_up = False
         self._backoff.reset()
         self._set(CameraState.STREAMING, self.source.description)
+
+    async def _await_camera(self) -> None:
+        """While MISSING: return once the camera is back (or it is time to re-probe), or unwanted."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.settings.missing_reprobe_s
+        can_tell = self.source.present() is not None
+        # Wait before each check, so a source whose present() and start() disagree is retried
+        # twice a second, not in a busy loop.
+        while not self._unwanted() and not self._closed:
+            remaining = end - loop.time()
+            if remaining <= 0:
+                return
+            await self._wait_for_change(
+                min(remaining, self.settings.presence_poll_s) if can_tell else remaining, until=self._unwanted
+            )
+            if can_tell and self.source.present():
+                log.info("camera is back: %s", self.source.description)
+                return
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from petcamd.camera.source import (
     CameraMissingError,
     EncodedFrame,
     EncoderKind,
+    FailureSink,
     FrameSink,
     SourceError,
     StreamSettings,
@@ -110,7 +111,9 @@ class PiCameraSource:
     def encoder_kind(self) -> EncoderKind:
         return self._kind
 
-    async def start(self, sink: FrameSink) -> None:
+    async def start(self, sink: FrameSink, on_failure: FailureSink | None = None) -> None:  # noqa: ARG002
+        # picamera2 has no error callback, so `on_failure` is never called: a dead camera shows
+        # as frames stopping, which health notices as a stall.
         if self._camera is not None:
             return
         loop = asyncio.get_running_loop()
@@ -129,6 +132,10 @@ class PiCameraSource:
             return
         self._generation += 1
         await asyncio.to_thread(self._close)
+
+    def present(self) -> None:
+        """Cannot tell cheaply (asking libcamera means a camera manager), and a CSI camera is not
+        hot-plugged anyway: a missing one is re-probed by starting it now and then."""
 
     def request_keyframe(self) -> None:
         encoder = self._encoder

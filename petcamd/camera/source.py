@@ -28,6 +28,10 @@ class EncodedFrame:
 FrameSink = Callable[[EncodedFrame], None]
 """Called on the event loop thread for every frame; sources on other threads must hop over first."""
 
+FailureSink = Callable[[str], None]
+"""Called on the event loop thread, with a reason for the owner, when capture ended on its own
+(a USB camera unplugged mid-stream): health restarts at once instead of waiting for a stall."""
+
 
 class EncoderKind(enum.Enum):
     HARDWARE = "hardware"
@@ -53,14 +57,23 @@ class Source(Protocol):
     @property
     def encoder_kind(self) -> EncoderKind: ...
 
-    async def start(self, sink: FrameSink) -> None:
-        """Begin capture; frames go to `sink`. Raises SourceError (or CameraMissingError)."""
+    async def start(self, sink: FrameSink, on_failure: FailureSink | None = None) -> None:
+        """Begin capture; frames go to `sink`. Raises SourceError (or CameraMissingError).
+
+        Sources that can tell that capture died (not all can: picamera2 has no error callback)
+        call `on_failure` once, after which this start delivers no more frames.
+        """
 
     async def stop(self) -> None:
         """Stop capture and release the device. Idempotent."""
 
     def request_keyframe(self) -> None:
         """Make the next frame an IDR (with SPS/PPS in front) as soon as the encoder allows."""
+
+    def present(self) -> bool | None:
+        """Is the camera attached? A cheap check that never blocks, polled while it is missing so
+        that a replugged camera streams again within a second; None when the source cannot tell
+        (it is then re-probed by starting it now and then)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,9 @@ import threading
 import time
 
 from petcamd.camera.encoder import H264Encoder, open_encoder
-from petcamd.camera.handoff import hand_over
+from petcamd.camera.handoff import hand_over, report_failure
 from petcamd.camera.pattern import TestPattern
-from petcamd.camera.source import EncodedFrame, EncoderKind, FrameSink, StreamSettings
+from petcamd.camera.source import EncodedFrame, EncoderKind, FailureSink, FrameSink, StreamSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class SyntheticSource:
     def encoder_kind(self) -> EncoderKind:
         return EncoderKind.SOFTWARE
 
-    async def start(self, sink: FrameSink) -> None:
+    async def start(self, sink: FrameSink, on_failure: FailureSink | None = None) -> None:
         if self._thread is not None:
             return
         loop = asyncio.get_running_loop()
@@ -58,7 +58,7 @@ class SyntheticSource:
 
         self._thread = threading.Thread(
             target=self._run,
-            args=(encoder, loop, deliver, self._stopping),
+            args=(encoder, loop, deliver, self._stopping, on_failure),
             name="petcamd-synthetic",
             daemon=True,
         )
@@ -76,6 +76,9 @@ class SyntheticSource:
         await asyncio.to_thread(thread.join)
         log.info("stopped %s", self.description)
 
+    def present(self) -> bool:
+        return True
+
     def request_keyframe(self) -> None:
         encoder = self._encoder
         if encoder is not None:
@@ -87,6 +90,7 @@ class SyntheticSource:
         loop: asyncio.AbstractEventLoop,
         deliver: FrameSink,
         stopping: threading.Event,
+        on_failure: FailureSink | None,
     ) -> None:
         """Capture thread: one picture per frame period on a fixed monotonic grid (no drift)."""
         period_ns = 1_000_000_000 // self.settings.fps
@@ -111,7 +115,8 @@ class SyntheticSource:
                 if behind > period_ns:
                     # Too slow to keep up: skip whole periods rather than burst to catch up.
                     deadline += (behind // period_ns) * period_ns
-        except Exception:
+        except Exception as exc:
             log.exception("synthetic source failed; frames stop (health restarts the source)")
+            report_failure(loop, on_failure, f"test pattern encoder failed: {exc}")
         finally:
             encoder.close()

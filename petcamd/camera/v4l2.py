@@ -27,11 +27,12 @@ import av
 
 from petcamd.camera.encoder import H264Encoder, open_encoder
 from petcamd.camera.h264 import ParameterSetCache
-from petcamd.camera.handoff import hand_over
+from petcamd.camera.handoff import hand_over, report_failure
 from petcamd.camera.source import (
     CameraMissingError,
     EncodedFrame,
     EncoderKind,
+    FailureSink,
     FrameSink,
     SourceError,
     StreamSettings,
@@ -177,7 +178,7 @@ class V4l2Source:
     def encoder_kind(self) -> EncoderKind:
         return self._kind
 
-    async def start(self, sink: FrameSink) -> None:
+    async def start(self, sink: FrameSink, on_failure: FailureSink | None = None) -> None:
         if self._thread is not None:
             return
         loop = asyncio.get_running_loop()
@@ -192,7 +193,7 @@ class V4l2Source:
         self._stopping = threading.Event()
         self._thread = threading.Thread(
             target=self._run,
-            args=(container, self._encoder, loop, deliver, self._stopping),
+            args=(container, self._encoder, loop, deliver, self._stopping, on_failure),
             name="petcamd-v4l2",
             daemon=True,
         )
@@ -214,6 +215,12 @@ class V4l2Source:
             log.warning("capture thread for %s did not stop; abandoning it", self._path)
         self._encoder = None
         log.info("stopped %s", self.description)
+
+    def present(self) -> bool:
+        """The configured node exists (or, for "auto", some camera node does): a sysfs/dev lookup."""
+        if self.device == "auto":
+            return bool(list_capture_devices(self._sysfs_root))
+        return Path(self.device).exists()
 
     def request_keyframe(self) -> None:
         encoder = self._encoder
@@ -275,8 +282,10 @@ class V4l2Source:
         loop: asyncio.AbstractEventLoop,
         deliver: FrameSink,
         stopping: threading.Event,
+        on_failure: FailureSink | None,
     ) -> None:
         clock = _Clock()
+        failure = "the camera stopped sending frames"  # the demuxer ended: the device went away
         parameter_sets = ParameterSetCache()
         try:
             stream = container.streams.video[0]
@@ -298,11 +307,15 @@ class V4l2Source:
                     if not hand_over(loop, deliver, frame):
                         return
         except (av.error.FFmpegError, OSError) as exc:
+            failure = f"capture from {self._path} failed: {exc}"
             if not stopping.is_set():
-                log.warning("capture from %s failed: %s (health restarts it)", self._path, exc)
-        except Exception:
+                log.warning("%s (health restarts it)", failure)
+        except Exception as exc:
+            failure = f"capture from {self._path} failed: {exc}"
             log.exception("capture from %s failed", self._path)
         finally:
+            if not stopping.is_set():
+                report_failure(loop, on_failure, failure)
             if encoder is not None:
                 encoder.close()
             with contextlib.suppress(Exception):

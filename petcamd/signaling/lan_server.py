@@ -8,7 +8,9 @@ endpoints reveal nothing beyond the device id and name.
 the LAN can open one, so each costs little until its viewer authenticates: messages are capped at
 the protocol's frame size, connections are capped per address and in total, new connections per
 address are rate-limited (every hello costs the device Diffie-Hellman operations), and a bad frame
-ends only the connection it came on.
+ends only the connection it came on. At the total cap a new connection closes the oldest one that
+has not authenticated yet instead of being refused: a flood from many addresses can then only
+race a viewer's handshake (milliseconds), not lock viewers out until its connections time out.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from petcamd.protocol.messages import MAX_FRAME_LEN, ErrorCode, Frame
+from petcamd.quiet_log import QuietLog
 from petcamd.secure.device_ca import CA_DOWNLOAD_PATH
 from petcamd.signaling.negotiator import FrameSender, Negotiator, TransportCloser
 from petcamd.web_static import StaticFiles, header_hook, quiet_malformed_requests, security_headers
@@ -48,6 +51,7 @@ class ConnectionLimits:
     """Per-device numbers: one device serves a handful of viewers."""
 
     max_connections: int = 32
+    """Open connections in total; unauthenticated ones beyond it are closed oldest first."""
     max_per_address: int = 8
     handshake_burst: int = 10
     """New WebSocket connections an address may open at once (one hello each)..."""
@@ -153,12 +157,17 @@ class LanServer:
         self._buckets = _TokenBuckets(settings.limits, clock)
         self._per_address: dict[str, int] = {}
         self._sockets: set[web.WebSocketResponse] = set()
+        self._negotiators_open: dict[Negotiator, None] = {}  # oldest first
+        self._evicting: set[Negotiator] = set()  # told to close to make room, not yet gone
         self._runner: web.AppRunner | None = None
         self._stopping = False
         self.port: int | None = None
         self.https_port: int | None = None
         self.refused = 0
         """Connections refused by a limit since start (for tests and status)."""
+        self.evicted = 0
+        """Unauthenticated connections closed to make room for newer ones since start."""
+        self._quiet = QuietLog(log)
 
     @property
     def connections(self) -> int:
@@ -209,16 +218,35 @@ class LanServer:
     def _refusal(self, address: str) -> ErrorCode | None:
         if self._stopping:
             return ErrorCode.DEVICE_UNAVAILABLE
-        if self.connections >= self._limits.max_connections:
-            log.warning("refused a connection: %d connections open already", self.connections)
-            return ErrorCode.RATE_LIMITED
         if self._per_address.get(address, 0) >= self._limits.max_per_address:
-            log.info("refused a connection from %s: too many open from there", address)
+            self._quiet.info("per-address", f"refused a connection from {address}: too many open from there")
             return ErrorCode.RATE_LIMITED
         if not self._buckets.take(address):
-            log.info("refused a connection from %s: too many new connections from there", address)
+            self._quiet.info("rate", f"refused a connection from {address}: too many new ones from there")
+            return ErrorCode.RATE_LIMITED
+        if not self._make_room():
+            self._quiet.warning("total", f"refused a connection: {self.connections} open, all authenticated")
             return ErrorCode.RATE_LIMITED
         return None
+
+    def _make_room(self) -> bool:
+        """Below the total cap, or the oldest unauthenticated connection was told to close.
+
+        Connections told to close still count until they are gone (at most the close timeout), and
+        at most as many again may be closing at once: memory stays bounded whatever the flood."""
+        limit = self._limits.max_connections
+        if self.connections - len(self._evicting) < limit:
+            return True
+        if len(self._evicting) >= limit:
+            return False
+        for negotiator in self._negotiators_open:
+            if negotiator.peer_id is None and not negotiator.is_closed:
+                self._quiet.info("evict", f"{limit} connections open: closing the oldest unauthenticated one")
+                self.evicted += 1
+                self._evicting.add(negotiator)
+                negotiator.close(ErrorCode.RATE_LIMITED)
+                return True
+        return False
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         factory = self._negotiators
@@ -243,12 +271,15 @@ class LanServer:
             await ws.prepare(request)
             self._sockets.add(ws)
             negotiator = factory(ws.send_bytes, ws.close, label=address)
+            self._negotiators_open[negotiator] = None
             try:
                 negotiator.start()
                 await self._read(ws, negotiator)
             finally:
                 await negotiator.aclose()  # sends what the channel still had to say, then closes
                 await ws.close()
+                del self._negotiators_open[negotiator]
+                self._evicting.discard(negotiator)
         finally:
             self._sockets.discard(ws)
             count = self._per_address.get(address, 1) - 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from petcamd.camera.source import EncodedFrame, EncoderKind, FrameSink, Source
+from petcamd.camera.source import EncodedFrame, EncoderKind, FailureSink, FrameSink, Source
 
 
 class RecordingSource:
@@ -34,7 +34,7 @@ class RecordingSource:
     def running(self) -> bool:
         return self.starts > self.stops
 
-    async def start(self, sink: FrameSink) -> None:
+    async def start(self, sink: FrameSink, on_failure: FailureSink | None = None) -> None:
         def record(frame: EncodedFrame) -> None:
             if self.frozen:
                 return
@@ -42,13 +42,16 @@ class RecordingSource:
             self.arrivals.append(time.monotonic())
             sink(frame)
 
-        await self.inner.start(record)
+        await self.inner.start(record, on_failure)
         self.starts += 1
 
     async def stop(self) -> None:
         if self.running:
             self.stops += 1
         await self.inner.stop()
+
+    def present(self) -> bool | None:
+        return self.inner.present()
 
     def request_keyframe(self) -> None:
         self.keyframe_requests += 1

@@ -3,8 +3,10 @@
 Stands in for FFmpeg's video4linux2 demuxer (libavdevice/v4l2.c) behind `V4l2Source`'s
 `open_input` seam: `input_format` picks what the "camera" sends (h264, mjpeg, yuyv422) and a format
 the camera lacks is refused with EINVAL, as v4l2.c does ("Cannot find a proper format"). Each read
-returns one frame per frame period, as a camera's VIDIOC_DQBUF would. The recordings themselves are
-real streams encoded with PyAV. The sysfs tree mirrors /sys/class/video4linux/videoN/{name,index}.
+returns one frame per frame period, as a camera's VIDIOC_DQBUF would. Unplugged, a read fails with
+ENODEV (VIDIOC_DQBUF on a vanished UVC device) and opening with ENOENT (udev removed the node).
+The recordings themselves are real streams encoded with PyAV. The sysfs tree mirrors
+/sys/class/video4linux/videoN/{name,index}.
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ class PlaybackContainer:
                 continue
             while self._camera.stalled.is_set() and not self.closed:
                 time.sleep(0.01)  # VIDIOC_DQBUF blocking on a wedged camera
+            if self._camera.unplugged.is_set():
+                raise OSError(errno.ENODEV, "No such device")
             delay = deadline - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -133,10 +137,13 @@ class RecordedCamera:
         self.refused: list[tuple[str, str]] = []
         self.packets_read: list[bytes] = []
         self.stalled = threading.Event()
+        self.unplugged = threading.Event()
         self.controls: list[tuple[str, int, int]] = []
         self.controls_supported = True
 
     def __call__(self, device: str, input_format: str, settings: StreamSettings) -> PlaybackContainer:
+        if self.unplugged.is_set():
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", device)
         if input_format not in self.recordings:
             self.refused.append((device, input_format))
             raise av.error.FFmpegError(errno.EINVAL, "Cannot find a proper format")
