@@ -377,6 +377,7 @@ async def test_zeroconf_advertisement_is_discovered_reannounced_and_withdrawn(tm
             await browser.wait_for(ServiceStateChange.Removed, full, within=3, since=mark)
             assert report["stop_s"] < 1.0, report
             assert "avahi-daemon is not running; using python-zeroconf" in log_text
+            assert "is taken" not in log_text, log_text  # nobody else has the name
             assert "WARNING" not in log_text, log_text
         finally:
             await browser.close()

@@ -402,9 +402,9 @@ class _ZeroconfPublisher:
                 self._info = None
             info = self._service_info(f"{wanted.instance}.{SERVICE_TYPE_FQDN}", wanted, addresses)
             await (await zc.async_register_service(info, allow_name_change=True))
-            if self.name != wanted.instance:
-                log.info("mDNS: the name %r is taken on the network; using %r", wanted.instance, self.name)
         self._info, self._published = info, (wanted, addresses)
+        if self.name != wanted.instance:  # zeroconf renamed `info` in place
+            log.info("mDNS: the name %r is taken on the network; using %r", wanted.instance, self.name)
 
     async def withdraw(self) -> None:
         """Goodbye packets (TTL 0) for the service, then the sockets are closed."""
