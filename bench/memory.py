@@ -15,7 +15,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,32 +32,13 @@ from bench.harness import (
     rss_mb,
 )
 from bench.rpc import Worker, workers
+from tests.dbus_daemon import private_bus
+from tests.ports import free_port
 
 NAME = "memory"
 TARGET = Target("rss_4_viewers_mb", "<=", 150, "MB")
 PI_ZERO_2_W_MB = 512
 _PAIRING_URL = re.compile(r"(https?://\S+/#\S*s=\S+)")
-
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _config(directory: Path, ctx: Context) -> Path:
@@ -78,7 +58,7 @@ keyframe_interval_s = {s.keyframe_interval_s}
 [network]
 mode = "local"
 lan_address = "127.0.0.1"
-lan_port = {_free_port()}
+lan_port = {free_port()}
 [pairing]
 display = "console"
 open_when_unpaired = true
@@ -93,29 +73,6 @@ level = "warning"
 """
     )
     return path
-
-
-@contextlib.asynccontextmanager
-async def _private_bus(directory: Path) -> AsyncIterator[str]:
-    config = directory / "bus.conf"
-    config.write_text(BUS_CONFIG.format(socket=directory / "bus.sock"))
-    proc = await asyncio.create_subprocess_exec(
-        "dbus-daemon",
-        f"--config-file={config}",
-        "--nofork",
-        "--print-address=1",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        assert proc.stdout is not None
-        address = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()
-        if not address:
-            raise BenchmarkFailedError("dbus-daemon did not start")
-        yield address
-    finally:
-        proc.terminate()
-        await proc.wait()
 
 
 @contextlib.asynccontextmanager
@@ -192,31 +149,31 @@ async def run(ctx: Context) -> Result:
     metrics: Json = {"window_s": window}
     # The viewer process starts alongside the daemon (CPU does not matter here, only memory).
     starting = asyncio.ensure_future(Worker.start(ctx, "receiver"))
-    async with (
-        _private_bus(directory) as bus,
-        _daemon(ctx, config, bus) as (daemon, url),
-        workers(starting) as (receiver,),
-    ):
-        pid = daemon.pid
-        ctx.step("memory: daemon pairing window open")
-        await asyncio.sleep(settle)
-        metrics["rss_idle_mb"] = rounded(await _sample(pid, window), 1)
-        await receiver.call("pair", url=url, directory=str(directory / "viewer"))
-        ctx.step("memory: paired")
-        await receiver.call("watch", n=1)
-        await asyncio.sleep(settle)
-        metrics["rss_1_viewer_mb"] = rounded(await _sample(pid, window), 1)
-        await receiver.call("watch", n=3)
-        await asyncio.sleep(settle)
-        metrics["rss_4_viewers_mb"] = rounded(await _sample(pid, window), 1)
-        ctx.step("memory: stopping viewers")
-        watched: Json = await receiver.call("watch_stop")
-        ctx.step("memory: viewers stopped")
-        await asyncio.sleep(ctx.pick(0.5, 2.0))
-        metrics["rss_after_viewers_left_mb"] = rounded(rss_mb(pid), 1)
-        # The kernel updates VmHWM lazily, so a sample can be above it.
-        sampled = max(metrics["rss_1_viewer_mb"], metrics["rss_4_viewers_mb"])
-        metrics["peak_rss_mb"] = rounded(max(peak_rss_mb(pid), sampled), 1)
+    with private_bus(directory) as bus:
+        async with (
+            _daemon(ctx, config, bus) as (daemon, url),
+            workers(starting) as (receiver,),
+        ):
+            pid = daemon.pid
+            ctx.step("memory: daemon pairing window open")
+            await asyncio.sleep(settle)
+            metrics["rss_idle_mb"] = rounded(await _sample(pid, window), 1)
+            await receiver.call("pair", url=url, directory=str(directory / "viewer"))
+            ctx.step("memory: paired")
+            await receiver.call("watch", n=1)
+            await asyncio.sleep(settle)
+            metrics["rss_1_viewer_mb"] = rounded(await _sample(pid, window), 1)
+            await receiver.call("watch", n=3)
+            await asyncio.sleep(settle)
+            metrics["rss_4_viewers_mb"] = rounded(await _sample(pid, window), 1)
+            ctx.step("memory: stopping viewers")
+            watched: Json = await receiver.call("watch_stop")
+            ctx.step("memory: viewers stopped")
+            await asyncio.sleep(ctx.pick(0.5, 2.0))
+            metrics["rss_after_viewers_left_mb"] = rounded(rss_mb(pid), 1)
+            # The kernel updates VmHWM lazily, so a sample can be above it.
+            sampled = max(metrics["rss_1_viewer_mb"], metrics["rss_4_viewers_mb"])
+            metrics["peak_rss_mb"] = rounded(max(peak_rss_mb(pid), sampled), 1)
 
     sessions = watched["results"]
     if len(sessions) != 4:

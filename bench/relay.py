@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -45,6 +44,7 @@ from bench.harness import (
     rss_mb,
 )
 from bench.rpc import Worker, workers
+from tests.ports import free_port
 
 NAME = "relay"
 SESSIONS = 8
@@ -53,13 +53,6 @@ IN_FLIGHT = 256
 RATE = 2000.0
 IDLE_DEVICES = 1000
 WARM_DEVICES = 10
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _config(directory: Path, port: int) -> Path:
@@ -177,7 +170,7 @@ async def _phase(load: Worker, relay_pid: int, seconds: float, settle: float, **
 
 async def run(ctx: Context) -> Result:
     window = ctx.pick(1.0, 5.0)
-    port = _free_port()
+    port = free_port()
     directory = ctx.log_dir / "relay"
     directory.mkdir()
     config = _config(directory, port)

@@ -44,8 +44,9 @@ from bench.harness import (
     percentile,
     rounded,
 )
-from bench.relay import _config, _forwarded, _free_port, _metrics, _relay
+from bench.relay import _config, _forwarded, _metrics, _relay
 from bench.rpc import Worker, workers
+from tests.ports import free_port
 from tests.redis_server import RedisServer, redis_server
 
 NAME = "relay_throughput"
@@ -83,7 +84,7 @@ def _write_config(ctx: Context, name: str, port: int, redis_url: str | None) -> 
 @contextlib.asynccontextmanager
 async def _instance(ctx: Context, name: str, redis_url: str | None) -> AsyncIterator[tuple[int, int]]:
     """One relay process; yields its pid and port."""
-    port = _free_port()
+    port = free_port()
     async with _relay(ctx, _write_config(ctx, name, port, redis_url), port, name=name) as pid:
         yield pid, port
 

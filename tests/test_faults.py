@@ -34,10 +34,11 @@ from petcamd.viewer.state import ViewerState
 from tests import full_disk
 from tests.fakes.faulty_camera import FaultyCamera
 from tests.notify_socket import NotifySocket
+from tests.ports import free_port
 from tests.processes import DaemonProcess, daemon_config
 from tests.reliability import ChannelViewer, measured, percentile, report, scaled, time_limit, unhandled
 from tests.test_lan_signaling import lan_port, running_daemon
-from tests.test_relay_mode import BACKOFF_CAP_S, FAST_RELAY, RelayProcess, free_port, internet, registered
+from tests.test_relay_mode import BACKOFF_CAP_S, FAST_RELAY, RelayProcess, internet, registered
 from tests.test_webrtc_harness import wait_for
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")

@@ -41,6 +41,7 @@ from petcamd.secure.channel import DeviceReady, ViewerChannel
 from petcamd.viewer.client import DeviceBusyError, pair, watch
 from petcamd.viewer.state import ViewerState
 from tests.notify_socket import NotifySocket
+from tests.ports import free_port
 from tests.processes import DaemonProcess, daemon_config
 from tests.reliability import (
     SOAK,
@@ -54,7 +55,7 @@ from tests.reliability import (
     time_limit,
     unhandled,
 )
-from tests.test_relay_mode import RelayProcess, free_port
+from tests.test_relay_mode import RelayProcess
 from tests.test_webrtc_harness import Viewer
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")

@@ -19,9 +19,10 @@ import pytest
 from petcamd.signaling.relay_client import RelayState
 from petcamd.viewer.client import DeviceOfflineError, pair, watch
 from petcamd.viewer.state import ViewerState
+from tests.ports import free_port
 from tests.redis_server import RedisServer, redis_server
 from tests.test_lan_signaling import running_daemon
-from tests.test_relay_mode import BACKOFF_CAP_S, FAST_RELAY, RelayProcess, free_port, internet, registered
+from tests.test_relay_mode import BACKOFF_CAP_S, FAST_RELAY, RelayProcess, internet, registered
 from tests.test_webrtc_harness import wait_for
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")

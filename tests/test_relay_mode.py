@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from petcamd.signaling.relay_client import RelayClientSettings, RelayState
 from petcamd.supervisor import Daemon
 from petcamd.viewer.client import DeviceOfflineError, pair, watch
 from petcamd.viewer.state import ViewerState
+from tests.ports import free_port
 from tests.test_lan_signaling import encodings, running_daemon
 from tests.test_petcamctl import petcamctl
 from tests.test_relay_harness import CaptureProxy
@@ -48,13 +48,6 @@ FAST_RELAY = RelayClientSettings(
     heartbeat_s=2.0,
 )
 SDP_TEXT = [b"v=0", b"a=candidate", b"candidate", b"typ host", b"ice-ufrag", b"fingerprint", b"H264"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RelayProcess:

@@ -16,8 +16,9 @@ import pytest
 from petcamd.viewer.client import pair, watch
 from petcamd.viewer.state import ViewerState
 from tests.coturn import running_coturn
+from tests.ports import free_port
 from tests.test_lan_signaling import running_daemon
-from tests.test_relay_mode import FAST_RELAY, RelayProcess, free_port, internet, registered
+from tests.test_relay_mode import FAST_RELAY, RelayProcess, internet, registered
 from tests.test_webrtc_harness import wait_for
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")

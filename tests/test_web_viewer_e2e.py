@@ -35,8 +35,9 @@ from petcamd.supervisor import Daemon, RunOptions
 from petcamd.web_static import viewer_web_dir
 from tests.chromium import Chromium, Page
 from tests.netns import Namespace, Topology, in_netns, require_netns
+from tests.ports import free_port
 from tests.test_lan_signaling import small_camera
-from tests.test_relay_mode import FAST_RELAY, RelayProcess, free_port
+from tests.test_relay_mode import FAST_RELAY, RelayProcess
 from tests.test_relay_tls import make_certificate
 from tests.test_webrtc_harness import wait_for
 
