@@ -157,6 +157,11 @@ async def test_missing_device_is_a_state(recordings: dict[str, Path], tmp_path: 
         await absent.start(lambda _: None)
 
     no_cameras = make_sysfs(tmp_path, {n: v for n, v in PI4_WITH_WEBCAM.items() if n >= 10})
+    unset = V4l2Source(SETTINGS, "", open_input=camera, sysfs_root=no_cameras)  # camera.device = ""
+    assert unset.device == "auto"
+    assert not unset.present()
+    with pytest.raises(CameraMissingError, match="no V4L2 camera found"):
+        await unset.start(lambda _: None)
     auto = V4l2Source(SETTINGS, "auto", open_input=camera, sysfs_root=no_cameras)
     hub = make_hub(auto)
     await hub.start()

@@ -148,14 +148,14 @@ class V4l2Source:
         sysfs_root: Path = SYSFS_VIDEO4LINUX,
     ) -> None:
         self.settings = settings
-        self.device = device
+        self.device = device or "auto"  # camera.device left empty: whichever camera is attached
         self.formats = tuple(formats)
         self.prefer_hardware_encoder = prefer_hardware_encoder
         self._open_input = open_input
         self._set_control = set_control
         self._sysfs_root = sysfs_root
         self._kind = EncoderKind.PASSTHROUGH
-        self._path = device
+        self._path = self.device
         self._input_format = ""
         self._encoder: H264Encoder | None = None
         self._thread: threading.Thread | None = None
