@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.dbus_daemon import private_bus
+from tests.notify_socket import NotifySocket
 
 ASYNC_TEST_TIMEOUT_S = 120.0
 
@@ -63,3 +64,11 @@ def bus_address(tmp_path: Path) -> Iterator[str]:
     """A private dbus-daemon (session type) for the test; its address."""
     with private_bus(tmp_path) as address:
         yield address
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    """Where a daemon under test sends its sd_notify messages (NOTIFY_SOCKET)."""
+    sock = NotifySocket(tmp_path)
+    yield sock
+    sock.close()

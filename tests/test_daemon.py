@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,6 @@ from tests.fakes.sources import RecordingSource
 from tests.notify_socket import NotifySocket
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(tmp_path)
-    yield sock
-    sock.close()
 
 
 def write_config(tmp_path: Path, *, port: int = 0, always_on: bool = True, extra: str = "") -> Path:

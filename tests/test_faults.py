@@ -68,13 +68,6 @@ printed are the measured pauses (0.07-0.47 s here); the bound only has to tell a
 2-core CI machine, not measure performance."""
 
 
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(tmp_path)
-    yield sock
-    sock.close()
-
-
 def small_synthetic() -> SyntheticSource:
     return SyntheticSource(StreamSettings(width=320, height=240, fps=FPS, bitrate=300_000))
 

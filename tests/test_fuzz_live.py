@@ -27,7 +27,7 @@ import random
 import string
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +69,6 @@ RSS_GROWTH_LIMIT_MIB = 32.0
 RSS_LATE_GROWTH_LIMIT_MIB = 4.0
 """...but must level off: growth over the second half of the run, where a leak would keep climbing."""
 FPS = 15
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(tmp_path)
-    yield sock
-    sock.close()
 
 
 # --- a WebSocket client written by hand -------------------------------------------------------------

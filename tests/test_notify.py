@@ -5,20 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from petcamd.notify import Health, SystemdNotifier, notify_loop
 from tests.notify_socket import NotifySocket
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(tmp_path)
-    yield sock
-    sock.close()
 
 
 def test_messages_reach_the_socket(notify_socket: NotifySocket) -> None:

@@ -14,7 +14,6 @@ import dataclasses
 import itertools
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +37,6 @@ pytestmark = pytest.mark.usefixtures("loopback_ice")
 FLOOD_S = scaled(6, 60)
 WORKERS = 8
 PAIRING_WORKERS = 2
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(tmp_path)
-    yield sock
-    sock.close()
 
 
 @pytest.mark.timeout(90)

@@ -24,7 +24,7 @@ import contextlib
 import signal
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +68,6 @@ KINDS = (
     "clean",
     "ice-closed",
 )
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(tmp_path)
-    yield sock
-    sock.close()
 
 
 class Churn:
