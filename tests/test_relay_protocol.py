@@ -215,6 +215,8 @@ def test_ice_servers_round_trip_and_hide_credentials() -> None:
         b'{"servers": [], "expires_at": 1}',
         b'{"servers": [{"urls": "http://x"}], "expires_at": 1}',
         b'{"servers": [{"urls": "turn:x"}], "expires_at": 1}',  # TURN without credentials
+        b'{"servers": [{"urls": "stun:x y"}], "expires_at": 1}',  # not one URL
+        b'{"servers": [{"urls": "stun:"}], "expires_at": 1}',
         b'{"servers": [{"urls": "stun:x"}], "expires_at": "soon"}',
         b'{"servers": [{"urls": "stun:x", "username": 5}], "expires_at": 1}',
         '{"servers": [{"urls": "stun:\u00e9"}], "expires_at": 1}'.encode(),

@@ -343,6 +343,15 @@ class IceServerEntry:
     credential: str | None = field(default=None, repr=False)
 
 
+_ICE_URL = re.compile(r"(stun|stuns|turn|turns):\S+")
+
+
+def is_ice_url(url: str) -> bool:
+    """A STUN or TURN URL (RFC 7064, 7065) without whitespace: the one rule for every ICE server
+    list (the daemon's config, the relay's, and what the relay sends)."""
+    return _ICE_URL.fullmatch(url) is not None
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class IceServers:
     """Relay to device (after REGISTERED, and again before an OPEN once half their life is over)
@@ -367,7 +376,7 @@ class IceServers:
                     text.encode("ascii", "replace") or b"x"
                 ):
                     raise EnvelopeError("ICE_SERVERS entries must be short printable ASCII")
-            if not server.url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+            if not is_ice_url(server.url):
                 raise EnvelopeError("ICE_SERVERS urls must be stun:, stuns:, turn: or turns: URLs")
             if server.url.startswith("turn") and (server.username is None or server.credential is None):
                 raise EnvelopeError("a TURN server needs a username and a credential")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from petcamd.protocol.relay import MAX_ENVELOPE_LEN, relay_origin
+from petcamd.protocol.relay import MAX_ENVELOPE_LEN, is_ice_url, relay_origin
 from petcamd.relay.backplane import check_redis_url
 from petcamd.tomlconfig import ConfigError, bounds, load_file, parse_sections, to_toml_values
 
@@ -179,7 +179,7 @@ def _turn_problems(turn: TurnConfig) -> list[str]:
     problems = [
         f"[turn] urls: {url!r} is not a stun:, stuns:, turn: or turns: URL"
         for url in turn.urls
-        if not url.startswith(("stun:", "stuns:", "turn:", "turns:")) or any(c.isspace() for c in url)
+        if not is_ice_url(url)
     ]
     if any(url.startswith("turn") for url in turn.urls):
         if turn.secret_file is None:

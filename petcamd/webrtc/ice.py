@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from aiortc import RTCConfiguration, RTCIceServer
 
+from petcamd.protocol.relay import is_ice_url
+
 log = logging.getLogger(__name__)
 
-_ICE_URL = re.compile(r"^(stun|stuns|turn|turns):[^\s]+$")
 _MDNS_CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+\.local) \d+ ", re.IGNORECASE)
 
 
@@ -28,7 +29,7 @@ class IceServer:
     credential: str | None = None
 
     def __post_init__(self) -> None:
-        if not _ICE_URL.match(self.url):
+        if not is_ice_url(self.url):
             raise ValueError(f"not a STUN/TURN URL: {self.url!r}")
         if self.is_turn and (self.username is None or self.credential is None):
             raise ValueError(f"TURN server {self.url!r} needs a username and a credential")
