@@ -156,8 +156,7 @@ class LanServer:
         self._limits = settings.limits
         self._buckets = _TokenBuckets(settings.limits, clock)
         self._per_address: dict[str, int] = {}
-        self._sockets: set[web.WebSocketResponse] = set()
-        self._negotiators_open: dict[Negotiator, None] = {}  # oldest first
+        self._open: dict[Negotiator, web.WebSocketResponse] = {}  # oldest first
         self._evicting: set[Negotiator] = set()  # told to close to make room, not yet gone
         self._runner: web.AppRunner | None = None
         self._stopping = False
@@ -239,7 +238,7 @@ class LanServer:
             return True
         if len(self._evicting) >= limit:
             return False
-        for negotiator in self._negotiators_open:
+        for negotiator in self._open:
             if negotiator.peer_id is None and not negotiator.is_closed:
                 self._quiet.info("evict", f"{limit} connections open: closing the oldest unauthenticated one")
                 self.evicted += 1
@@ -269,19 +268,17 @@ class LanServer:
         self._per_address[address] = self._per_address.get(address, 0) + 1  # counted before any await
         try:
             await ws.prepare(request)
-            self._sockets.add(ws)
             negotiator = factory(ws.send_bytes, ws.close, label=address)
-            self._negotiators_open[negotiator] = None
+            self._open[negotiator] = ws
             try:
                 negotiator.start()
                 await self._read(ws, negotiator)
             finally:
                 await negotiator.aclose()  # sends what the channel still had to say, then closes
                 await ws.close()
-                del self._negotiators_open[negotiator]
+                del self._open[negotiator]
                 self._evicting.discard(negotiator)
         finally:
-            self._sockets.discard(ws)
             count = self._per_address.get(address, 1) - 1
             if count > 0:
                 self._per_address[address] = count
@@ -331,9 +328,8 @@ class LanServer:
     async def stop(self) -> None:
         """Close open WebSockets first: aiohttp would otherwise wait for their handlers."""
         self._stopping = True
-        await asyncio.gather(
-            *(ws.close(code=WSCloseCode.GOING_AWAY) for ws in list(self._sockets)), return_exceptions=True
-        )
+        closing = [ws.close(code=WSCloseCode.GOING_AWAY) for ws in self._open.values()]
+        await asyncio.gather(*closing, return_exceptions=True)
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
