@@ -16,6 +16,7 @@ import pytest
 
 from tests.dbus_daemon import private_bus
 from tests.notify_socket import NotifySocket
+from tests.redis_server import RedisServer, redis_server
 
 ASYNC_TEST_TIMEOUT_S = 120.0
 
@@ -72,3 +73,12 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
     sock = NotifySocket(tmp_path)
     yield sock
     sock.close()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own, on a loopback port (the relay's backplane)."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    with redis_server(directory) as server:
+        yield server

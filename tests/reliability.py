@@ -172,6 +172,14 @@ class ChannelViewer:
         viewer._reader = asyncio.create_task(viewer._read(), name="channel-viewer-reader")
         return viewer
 
+    @classmethod
+    async def streaming(cls, port: int, identity: Identity, device_key: bytes) -> ChannelViewer:
+        """Open a session and start video; returns once frames arrive (5 within 10 s)."""
+        viewer = await cls.open(port, identity, device_key)
+        await viewer.start_video()
+        assert await viewer.wait_frames(5, 10), "no video"
+        return viewer
+
     async def start_video(
         self, *, usable: bool = True, keep_candidates: bool = False, within: float = 10.0
     ) -> None:

@@ -14,7 +14,7 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +22,11 @@ from typing import Any
 import pytest
 
 from petcamd.camera.health import CameraState, CameraStatus, HealthSettings
-from petcamd.camera.source import StreamSettings
+from petcamd.camera.source import Source, StreamSettings
 from petcamd.camera.synthetic import SyntheticSource
-from petcamd.config import parse_config
-from petcamd.notify import SystemdNotifier
 from petcamd.protocol.messages import ErrorCode
 from petcamd.signaling.relay_client import RelayState
-from petcamd.supervisor import Daemon, RunOptions
+from petcamd.supervisor import Daemon
 from petcamd.viewer.client import ViewerError, pair, watch
 from petcamd.viewer.state import ViewerState
 from tests import full_disk
@@ -72,29 +70,19 @@ def small_synthetic() -> SyntheticSource:
     return SyntheticSource(StreamSettings(width=320, height=240, fps=FPS, bitrate=300_000))
 
 
-@contextlib.asynccontextmanager
-async def daemon_with(
-    tmp_path: Path, bus_address: str, *, state_dir: Path, source: Any, health: HealthSettings | None = None
-) -> AsyncIterator[Daemon]:
-    """tests.test_lan_signaling.running_daemon with a state directory and camera health of choice."""
-    config = parse_config(
-        {
-            "camera": {"source": "test"},
-            "network": {"lan_address": "127.0.0.1", "lan_port": 0, "mdns": False},
-            "pairing": {"display": "none", "open_when_unpaired": False},
-            "state": {"directory": str(state_dir)},
-            "control": {"bus": "session"},
-        }
+def quiet_daemon(
+    tmp_path: Path, bus_address: str, state_dir: Path, source: Source, health: HealthSettings | None = None
+) -> contextlib.AbstractAsyncContextManager[Daemon]:
+    """The in-process daemon with the camera on only while watched, and no mDNS."""
+    return running_daemon(
+        tmp_path,
+        bus_address,
+        source=source,
+        camera={"always_on": False},
+        network={"mdns": False},
+        state_dir=state_dir,
+        health=health,
     )
-    options = RunOptions(bus_address=bus_address, install_signal_handlers=False, source=source, health=health)
-    daemon = Daemon(config, SystemdNotifier({}), options)
-    run = asyncio.create_task(daemon.run())
-    try:
-        await asyncio.wait_for(daemon.ready.wait(), 30)
-        yield daemon
-    finally:
-        daemon.request_stop()
-        assert await asyncio.wait_for(run, 10) == 0
 
 
 def longest_gap(frames: list[float], start: float, end: float) -> float:
@@ -120,20 +108,16 @@ async def camera_faults(
     camera coming back to the viewer's next frame. `health=None` is what the daemon ships."""
     camera = FaultyCamera(small_synthetic())
     figures: dict[str, Any] = {"faults": len(faults)}
-    async with daemon_with(
-        tmp_path, bus_address, state_dir=tmp_path / "state", source=camera, health=health
-    ) as daemon:
+    async with quiet_daemon(tmp_path, bus_address, tmp_path / "state", camera, health) as daemon:
         assert daemon.controller is not None
         assert daemon.hub is not None
         states: list[CameraStatus] = []
         daemon.hub.add_state_listener(states.append)
         state = ViewerState(tmp_path / "viewer")
         device = await pair(state, daemon.controller.start_pairing().url, "Viewer")
-        viewer = await ChannelViewer.open(
+        viewer = await ChannelViewer.streaming(
             lan_port(daemon), await asyncio.to_thread(state.identity), device.device_key
         )
-        await viewer.start_video()
-        assert await viewer.wait_frames(5, 10)
         assert daemon.sessions is not None
         (session,) = daemon.sessions.sessions
         resume: dict[str, list[float]] = {"wedged": [], "unplugged": []}
@@ -244,11 +228,9 @@ async def test_relay_killed_and_restarted_registration_resumes_and_lan_viewers_n
             assert daemon.modes is not None
             state = ViewerState(tmp_path / "viewer")
             device = await pair(state, daemon.controller.start_pairing().url, "Viewer", via="relay")
-            lan = await ChannelViewer.open(
+            lan = await ChannelViewer.streaming(
                 lan_port(daemon), await asyncio.to_thread(state.identity), device.device_key
             )
-            await lan.start_video()
-            assert await lan.wait_frames(5, 10)
             watched_from = time.monotonic()
             with measured(figures, "duration_s"):
                 for _round in range(RELAY_RESTARTS):
@@ -301,15 +283,13 @@ async def test_disk_full_during_a_pairing_refuses_it_clearly_and_keeps_the_keyst
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     state_dir = small_disk / "state"
-    async with daemon_with(tmp_path, bus_address, state_dir=state_dir, source=small_synthetic()) as daemon:
+    async with quiet_daemon(tmp_path, bus_address, state_dir, small_synthetic()) as daemon:
         assert daemon.controller is not None
         first_state = ViewerState(tmp_path / "first")
         first = await pair(first_state, daemon.controller.start_pairing().url, "First")
-        viewer = await ChannelViewer.open(
+        viewer = await ChannelViewer.streaming(
             lan_port(daemon), await asyncio.to_thread(first_state.identity), first.device_key
         )
-        await viewer.start_video()
-        assert await viewer.wait_frames(5, 10)
         keystore_before = (state_dir / "peers.json").read_bytes()
         previous_before = (
             (state_dir / "peers.json.prev").read_bytes() if (state_dir / "peers.json.prev").exists() else None
@@ -378,9 +358,7 @@ async def test_wall_clock_jumps_by_hours_cause_no_stall_and_no_expiry(
         state = ViewerState(tmp_path / "viewer")
         device = await pair(state, await daemon.pairing_url(), "Viewer")
         waiting_url = await daemon.pairing_url()  # a 10-minute window, used only after the jumps
-        viewer = await ChannelViewer.open(await daemon.lan_port(), state.identity(), device.device_key)
-        await viewer.start_video()
-        assert await viewer.wait_frames(5, 10)
+        viewer = await ChannelViewer.streaming(await daemon.lan_port(), state.identity(), device.device_key)
         started = time.monotonic()
         skew: list[float] = []  # the daemon's wall clock (its last_seen stamp) minus the real one
         for jump in ("+3h", "-4h", "+26h", "-30h", "+0"):

@@ -281,6 +281,29 @@ class Fuzzer:
         self.sent += frames
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
 
+    # The cases both servers get alike; the rest of each case is the server's own.
+
+    async def http_junk(self, sock: RawSocket) -> None:
+        """Something that is no HTTP request, or none the server serves."""
+        rng = self.rng
+        sock.send(rng.choice(HTTP_JUNK) if rng.random() < 0.6 else rng.randbytes(rng.randint(1, 300)))
+        self.count("http junk")
+        await sock.until_closed(2)
+
+    async def upgraded(self, sock: RawSocket, path: str) -> bool:
+        """The WebSocket upgrade; False (counted) when the server refused it."""
+        if await sock.upgrade(path):
+            return True
+        self.refused += 1
+        self.count("refused before upgrade", 0)
+        return False
+
+    def websocket_junk(self, sock: RawSocket) -> None:
+        frames = ws_junk(self.rng)
+        for data in frames:
+            sock.send(data)
+        self.count("websocket junk", len(frames))
+
     async def run(self, case: Callable[[RawSocket], Awaitable[None]], budget: int) -> None:
         start = self.sent
         step = max(1, (budget - start) // 10)
@@ -348,19 +371,12 @@ async def test_lan_server_takes_random_and_mutated_frames_while_a_viewer_streams
         async def case(sock: RawSocket) -> None:
             roll = rng.random()
             if roll < 0.07:
-                sock.send(rng.choice(HTTP_JUNK) if rng.random() < 0.6 else rng.randbytes(rng.randint(1, 300)))
-                fuzz.count("http junk")
-                await sock.until_closed(2)
+                await fuzz.http_junk(sock)
                 return
-            if not await sock.upgrade("/ws"):
-                fuzz.refused += 1
-                fuzz.count("refused before upgrade", 0)
+            if not await fuzz.upgraded(sock, "/ws"):
                 return
             if roll < 0.3:
-                frames = ws_junk(rng)
-                for data in frames:
-                    sock.send(data)
-                fuzz.count("websocket junk", len(frames))
+                fuzz.websocket_junk(sock)
             elif roll < 0.55:
                 channel = ViewerChannel.for_session(fuzz_key, fuzz_device.device_key)
                 sock.send_binary(channel.start())
@@ -400,9 +416,7 @@ async def test_lan_server_takes_random_and_mutated_frames_while_a_viewer_streams
         await fuzz.run(case, 150)  # warm-up: code paths, caches and pools exist before the baseline
         base_rss = rss_kib(daemon.pid)
 
-        viewer = await ChannelViewer.open(port, streamer_state.identity(), streamer.device_key)
-        await viewer.start_video()
-        assert await viewer.wait_frames(5, 10)
+        viewer = await ChannelViewer.streaming(port, streamer_state.identity(), streamer.device_key)
         watched_from = time.monotonic()
         with measured(figures, "fuzz_s"):
             await fuzz.run(case, FRAMES)
@@ -489,14 +503,10 @@ async def test_relay_takes_random_and_mutated_envelopes_while_a_viewer_streams_t
         async def case(sock: RawSocket) -> None:
             roll = rng.random()
             if roll < 0.05:
-                sock.send(rng.choice(HTTP_JUNK) if rng.random() < 0.6 else rng.randbytes(rng.randint(1, 300)))
-                fuzz.count("http junk")
-                await sock.until_closed(2)
+                await fuzz.http_junk(sock)
                 return
             path = "/device" if roll < 0.25 else "/viewer"
-            if not await sock.upgrade(path):
-                fuzz.refused += 1
-                fuzz.count("refused before upgrade", 0)
+            if not await fuzz.upgraded(sock, path):
                 return
             if path == "/device":
                 await sock.message()  # the challenge
@@ -506,10 +516,7 @@ async def test_relay_takes_random_and_mutated_envelopes_while_a_viewer_streams_t
                 sock.send_binary(data)
                 fuzz.count("device junk")
             elif roll < 0.4:
-                frames = ws_junk(rng)
-                for data in frames:
-                    sock.send(data)
-                fuzz.count("websocket junk", len(frames))
+                fuzz.websocket_junk(sock)
             elif roll < 0.65:
                 # Through the relay to the daemon: a session, then junk inside it.
                 conn_id = rng.randrange(1, 2**32)

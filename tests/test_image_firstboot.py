@@ -8,8 +8,6 @@ boots the image and checks the same on the running system.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import re
 import stat
 import subprocess
@@ -17,29 +15,18 @@ import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from petcamd.config import load_config
+from tests.script_module import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSPHRASE = "correct horse #battery"  # noqa: S105  (a test value; '#' must survive parsing)
 
 
-def _load() -> ModuleType:
-    path = ROOT / "image" / "firstboot.py"
-    loader = importlib.machinery.SourceFileLoader("petcam_firstboot", str(path))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = module  # dataclasses look their module up there
-    loader.exec_module(module)
-    return module
-
-
-fb = _load()
+fb = load_script(ROOT / "image" / "firstboot.py", "petcam_firstboot")
 
 
 class Tools:

@@ -22,7 +22,8 @@ import pytest
 from dbus_fast.aio import MessageBus
 from yarl import URL
 
-from petcamd.camera.source import StreamSettings
+from petcamd.camera.health import HealthSettings
+from petcamd.camera.source import Source, StreamSettings
 from petcamd.camera.synthetic import SyntheticSource
 from petcamd.config import parse_config
 from petcamd.control.dbus_service import BUS_NAME, INTERFACE, OBJECT_PATH
@@ -64,18 +65,21 @@ async def running_daemon(
     signaling: NegotiatorSettings | None = None,
     limits: ConnectionLimits | None = None,
     max_viewers: int = 4,
-    source: RecordingSource | None = None,
+    source: Source | None = None,
     network: dict[str, Any] | None = None,
     relay: RelayClientSettings | None = None,
     camera: dict[str, Any] | None = None,
+    state_dir: Path | None = None,
+    health: HealthSettings | None = None,
 ) -> AsyncIterator[Daemon]:
+    """The daemon in this process on loopback, the camera always on unless `camera` says otherwise."""
     config = parse_config(
         {
             "camera": {"source": "test", "always_on": True, **(camera or {})},
             "network": {"lan_address": "127.0.0.1", "lan_port": 0, **(network or {})},
             "pairing": {"display": "none", "open_when_unpaired": False},
             "viewers": {"max_viewers": max_viewers},
-            "state": {"directory": str(tmp_path / "device-state")},
+            "state": {"directory": str(state_dir or tmp_path / "device-state")},
             "control": {"bus": "session"},
         }
     )
@@ -83,6 +87,7 @@ async def running_daemon(
         bus_address=bus_address,
         install_signal_handlers=False,
         source=source or small_camera(),
+        health=health,
         signaling=signaling,
         lan_limits=limits,
         relay=relay,

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -41,6 +38,7 @@ from petcamd.protocol.messages import (
     encode_message,
     prologue,
 )
+from tests.script_module import load_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\n"
@@ -261,14 +259,7 @@ def test_json_is_plain_enough_for_any_parser() -> None:
 
 
 def load_example_generator() -> ModuleType:
-    path = REPO_ROOT / "scripts" / "gen-protocol-examples"
-    loader = importlib.machinery.SourceFileLoader("gen_protocol_examples", str(path))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = module  # dataclasses look their module up there
-    loader.exec_module(module)
-    return module
+    return load_script(REPO_ROOT / "scripts" / "gen-protocol-examples", "gen_protocol_examples")
 
 
 def test_protocol_doc_examples_match_the_code() -> None:

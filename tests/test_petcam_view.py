@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
@@ -11,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import av
@@ -19,12 +17,9 @@ import av.logging
 import pytest
 
 from petcamd.camera.h264 import iter_nal_units
-from petcamd.config import parse_config
-from petcamd.notify import SystemdNotifier
 from petcamd.protocol.pairing_url import decode_pairing_url, encode_pairing_url
-from petcamd.supervisor import Daemon, RunOptions
-from tests.fakes.sources import RecordingSource
-from tests.test_lan_signaling import live_sessions, small_camera
+from petcamd.supervisor import Daemon
+from tests.test_lan_signaling import live_sessions, running_daemon, small_camera
 from tests.test_webrtc_harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,28 +32,6 @@ BOOTSTRAP = (
     "from petcamd.viewer.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
-
-
-@contextlib.asynccontextmanager
-async def running_daemon(tmp_path: Path, bus_address: str, source: RecordingSource) -> AsyncIterator[Daemon]:
-    config = parse_config(
-        {
-            "camera": {"source": "test", "always_on": True},
-            "network": {"lan_address": "127.0.0.1", "lan_port": 0},
-            "pairing": {"display": "none", "open_when_unpaired": False},
-            "state": {"directory": str(tmp_path / "device-state")},
-            "control": {"bus": "session"},
-        }
-    )
-    options = RunOptions(bus_address=bus_address, install_signal_handlers=False, source=source)
-    daemon = Daemon(config, SystemdNotifier({}), options)
-    run = asyncio.create_task(daemon.run())
-    try:
-        await asyncio.wait_for(daemon.ready.wait(), 30)
-        yield daemon
-    finally:
-        daemon.request_stop()
-        assert await asyncio.wait_for(run, 10) == 0
 
 
 async def petcam_view(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -82,7 +55,7 @@ def pairing_url(daemon: Daemon) -> str:
 @pytest.mark.timeout(120)
 async def test_pair_then_watch_with_json(tmp_path: Path, bus_address: str) -> None:
     state = tmp_path / "viewer"
-    async with running_daemon(tmp_path, bus_address, small_camera()) as daemon:
+    async with running_daemon(tmp_path, bus_address, source=small_camera()) as daemon:
         paired = await petcam_view(state, "--json", "pair", pairing_url(daemon), "--name", "CLI viewer")
         assert paired.returncode == 0, paired.stderr
         pairing = json.loads(paired.stdout)
@@ -161,7 +134,7 @@ async def test_record_keeps_the_encoders_bytes_and_timing(tmp_path: Path, bus_ad
     state = tmp_path / "viewer"
     out = tmp_path / "out.mp4"
     source = small_camera()
-    async with running_daemon(tmp_path, bus_address, source) as daemon:
+    async with running_daemon(tmp_path, bus_address, source=source) as daemon:
         paired = await petcam_view(state, "pair", pairing_url(daemon))
         assert paired.returncode == 0, paired.stderr
         watched = await petcam_view(state, "--json", "watch", "--duration", "5", "--record", str(out))
@@ -218,7 +191,7 @@ async def test_clear_messages_and_exit_codes(tmp_path: Path, bus_address: str) -
     assert garbage.returncode == 1
     assert "not a petcamd pairing URL" in garbage.stderr
 
-    async with running_daemon(tmp_path, bus_address, small_camera()) as daemon:
+    async with running_daemon(tmp_path, bus_address, source=small_camera()) as daemon:
         assert daemon.controller is not None
         url = pairing_url(daemon)
         assert (await petcam_view(state, "pair", url)).returncode == 0

@@ -16,7 +16,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from petcamd.protocol.messages import MAX_FRAME_LEN
 from petcamd.protocol.relay import Close, CloseCode, CloseReason, Connect, Data, Open
 from petcamd.relay.backplane import check_redis_url, redacted_url
-from tests.redis_server import RedisServer, redis_server, system_redis_running
+from tests.redis_server import RedisServer, system_redis_running
 from tests.test_relay_harness import (
     ORIGIN,
     ClosedError,
@@ -49,14 +49,6 @@ FAST = {
     "address_message_burst": 1_000_000,
 }
 """Rate limits out of the way where a test sends many frames."""
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    with redis_server(directory) as server:
-        yield server
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,20 +20,12 @@ from petcamd.signaling.relay_client import RelayState
 from petcamd.viewer.client import DeviceOfflineError, pair, watch
 from petcamd.viewer.state import ViewerState
 from tests.ports import free_port
-from tests.redis_server import RedisServer, redis_server
+from tests.redis_server import RedisServer
 from tests.test_lan_signaling import running_daemon
 from tests.test_relay_mode import BACKOFF_CAP_S, FAST_RELAY, RelayProcess, internet, registered
 from tests.test_webrtc_harness import wait_for
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    with redis_server(directory) as server:
-        yield server
 
 
 class Balancer:
